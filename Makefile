@@ -1,0 +1,35 @@
+# Two commands do everything, each with its own setup:
+#   make book   build the HTML book, executing every notebook  -> _build/html/index.html
+#   make test   unit tests + nbval on every notebook
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export GRADCOURSE_PROGRESS ?= 0
+export GRADCOURSE_CACHE ?= $(CURDIR)/.cache/gradcourse
+
+.PHONY: book test bench clean env
+
+env: $(STAMP)
+
+# Reinstall only when the pins or the package metadata change.
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.txt
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	@touch $@
+
+book: $(STAMP)
+	$(BIN)/jupyter-book build -W -n --keep-going .
+	@echo "Book: $(CURDIR)/_build/html/index.html"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests notebooks --nbval-lax $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python -m gradcourse.bench $(BENCH_ARGS)
+
+clean:
+	rm -rf _build .cache
