@@ -22,9 +22,35 @@ from .train import TrainConfig, apply_max_norm, make_optimizer, make_scheduler, 
 
 __version__ = "0.1.0"
 
+# Names from modules that need matplotlib or ipywidgets: imported on first use, so that
+# ``import gradcourse`` stays light.
+_LAZY = {
+    "plots": "plots",
+    "plot_gradient_flow": "plots", "plot_grad_norm_profile": "plots", "plot_activation_stats": "plots",
+    "plot_activation_histograms": "plots", "plot_update_ratio": "plots", "plot_training_curves": "plots",
+    "plot_clipping": "plots", "figure_to_png": "plots",
+    "sweep": "sweep",
+    "static_explorer": "static_explorer", "sweep_explorer": "static_explorer", "StaticExplorer": "static_explorer",
+    "live_explorer": "live_explorer", "LiveExplorer": "live_explorer", "in_static_build": "live_explorer",
+}
+
+
+def __getattr__(name):
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'gradcourse' has no attribute {name!r}")
+    import importlib
+
+    module = importlib.import_module(f".{module_name}", __name__)
+    return module if name == module_name else getattr(module, name)
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 __all__ = [
     "CNN", "CNNConfig", "ConfigError", "DataConfig", "DatasetUnavailable", "ImageData", "LayerMonitor", "Run",
     "TrainConfig", "adaptive_clip_grad_", "apply_max_norm", "available_devices", "available_offline",
     "build_model", "clip_gradients", "describe_device", "load_data", "make_optimizer", "make_scheduler",
-    "pick_device", "total_grad_norm", "train", "unitwise_norm",
+    "pick_device", "total_grad_norm", "train", "unitwise_norm", *sorted(_LAZY),
 ]

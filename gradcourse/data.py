@@ -76,6 +76,7 @@ class ImageData:
     y_val: torch.Tensor
     num_classes: int
     class_names: tuple[str, ...] = field(default=())
+    config: DataConfig | None = field(default=None, repr=False)
 
     @property
     def in_channels(self) -> int:
@@ -95,7 +96,7 @@ class ImageData:
             return self
         move = lambda t: t.to(device)  # noqa: E731
         return ImageData(self.name, move(self.x_train), move(self.y_train), move(self.x_val),
-                         move(self.y_val), self.num_classes, self.class_names)
+                         move(self.y_val), self.num_classes, self.class_names, self.config)
 
     def __repr__(self) -> str:
         return (f"ImageData({self.name!r}: {len(self.y_train)} train / {len(self.y_val)} val, "
@@ -156,7 +157,7 @@ def _load_cpu(config: DataConfig) -> ImageData:
     mean = x_train.mean(dim=(0, 2, 3), keepdim=True)
     std = x_train.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
     return ImageData(config.name, (x_train - mean) / std, labels[train_idx].long(),
-                     (x_val - mean) / std, labels[val_idx].long(), len(classes), tuple(classes))
+                     (x_val - mean) / std, labels[val_idx].long(), len(classes), tuple(classes), config)
 
 
 def _sklearn_available() -> bool:

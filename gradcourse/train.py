@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import _validate as check
+from .cache import cache_path, run_key
 from .clipping import CLIP_MODES, clip_gradients
 from .data import DataConfig, ImageData, load_data
 from .device import pick_device
@@ -148,7 +149,8 @@ def train(model_config: CNNConfig | None = None, train_config: TrainConfig | Non
           data: ImageData | DataConfig | str | None = None, *, device=None, model: nn.Module | None = None,
           monitor: bool = True, progress: bool | None = None,
           on_progress: Callable[[Run], object] | None = None, progress_every: int = 25,
-          should_stop: Callable[[], bool] | None = None, keep_model: bool = False, **overrides) -> Run:
+          should_stop: Callable[[], bool] | None = None, keep_model: bool = False, cache: bool = False,
+          **overrides) -> Run:
     """Train a CNN and return the run's record. Never raises for a diverging run.
 
     Args:
@@ -163,6 +165,10 @@ def train(model_config: CNNConfig | None = None, train_config: TrainConfig | Non
         on_progress: called with the partial record every ``progress_every`` steps (live plots).
         should_stop: polled every step; returning True ends the run early (record kept).
         keep_model: keep the trained model on ``run.model``.
+        cache: read the record from the disk cache (``$GRADCOURSE_CACHE``) when this exact
+            configuration already ran with this version of gradcourse, and write it there
+            otherwise. Needs ``data`` as a name or :class:`DataConfig`; ignored with ``model``
+            or ``keep_model``.
         **overrides: any field of CNNConfig, TrainConfig or DataConfig, e.g. ``depth=20, lr=0.1``.
 
     Example:
@@ -177,13 +183,25 @@ def train(model_config: CNNConfig | None = None, train_config: TrainConfig | Non
             raise check.ConfigError(f"data settings {sorted(data_over)} cannot change an already loaded ImageData")
     else:
         data = load_data(data, **data_over) if not isinstance(data, DataConfig) else load_data(replace(data, **data_over))
+    key = None
+    if cache and model is None and not keep_model and data.config is not None:
+        key = run_key(model_config, train_config, data.config, device.type)
+        path = cache_path(key)
+        if path.exists():
+            try:
+                return Run.load(path)
+            except Exception:  # a truncated or stale file: train again and overwrite it
+                path.unlink(missing_ok=True)
     data = data.to(device)
     torch.manual_seed(train_config.seed)
     if model is None:
         model = build_model(model_config, data)
     model = model.to(device)
-    return _Loop(model, model_config, train_config, data, device, monitor, progress,
-                 on_progress, progress_every, should_stop).run(keep_model)
+    run = _Loop(model, model_config, train_config, data, device, monitor, progress,
+                on_progress, progress_every, should_stop).run(keep_model)
+    if key is not None and not (should_stop is not None and run.steps_done < train_config.steps and not run.diverged):
+        run.save(cache_path(key))
+    return run
 
 
 class _Loop:
