@@ -29,7 +29,6 @@ _FLAT_REGION = {
     nn.LeakyReLU: (lambda y: y <= 0, lambda low, high: high <= 0),
     nn.GELU: (lambda y: y <= 0, lambda low, high: high <= 0),
 }
-_BOUNDED_RANGE = {nn.Sigmoid: (0.0, 1.0), nn.Tanh: (-1.0, 1.0)}
 
 
 def default_layers(model: nn.Module) -> "OrderedDict[str, nn.Module]":
@@ -108,7 +107,6 @@ class LayerMonitor:
 
     def _make_hook(self, index: int, module: nn.Module):
         flat_region, flat_channel = _FLAT_REGION.get(type(module), _FLAT_REGION[nn.ReLU])
-        bounded = _BOUNDED_RANGE.get(type(module))
 
         def hook(mod, inputs, output):
             if not (self.collect_activations and torch.is_grad_enabled()):
@@ -125,7 +123,9 @@ class LayerMonitor:
             dead = flat_channel(low, high).float().mean()
             self.activation_stats[index] = torch.stack([mean, var.sqrt(), saturated, dead])
             if self.collect_histograms:
-                lo, hi = bounded if bounded else (float(low.min()), float(high.max()))
+                # The range is fitted to the values this layer produced at this step (not
+                # fixed, e.g. for ReLU), so a sigmoid layer stuck near 0.5 is still resolved.
+                lo, hi = float(low.min()), float(high.max())
                 hi = max(hi, lo + 1e-6)
                 self.histograms[index] = torch.histc(y.float().clamp(lo, hi), HIST_BINS, lo, hi)
                 self.histogram_ranges[index, 0], self.histogram_ranges[index, 1] = lo, hi

@@ -270,7 +270,7 @@ class _Loop:
                 per_step[step] = torch.stack([loss.detach(), before, after, fired.float()]).to(device)
                 if not bool(torch.isfinite(per_step[step, :2]).all()):
                     self.diverged_at = step
-                    self.reason = "loss is not finite" if not math.isfinite(float(loss)) else "gradient is not finite"
+                    self.reason = "loss is not finite" if not math.isfinite(float(loss.detach())) else "gradient is not finite"
                     break
                 if record:
                     self.monitor.snapshot_weights()

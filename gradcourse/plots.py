@@ -1,0 +1,305 @@
+"""Figures from run records: gradient flow, activation statistics, updates, curves, clipping.
+
+Every function takes :class:`~gradcourse.record.Run` objects, returns the matplotlib
+``Figure`` and accepts ``ax=`` where it draws on a single axes. Runs that diverged are
+drawn up to the step where they stopped, with a marker there; runs with a single step or
+none draw without raising. Colours are colour-blind safe (Okabe-Ito for lines,
+viridis for heatmaps) and magnitudes that span decades use log scales.
+"""
+from __future__ import annotations
+
+import io
+from typing import Mapping
+
+import matplotlib
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.colors import LogNorm
+
+from .record import Run
+
+OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
+HEATMAP = "viridis"
+UPDATE_RATIO_BAND = (1e-4, 1e-2)
+
+
+def figure_to_png(fig, dpi: int = 80) -> bytes:
+    """Render ``fig`` to PNG bytes and close it (so notebooks do not also display it)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def colors(n: int) -> list[str]:
+    """``n`` colour-blind-safe line colours (Okabe-Ito, repeating)."""
+    return [OKABE_ITO[i % len(OKABE_ITO)] for i in range(n)]
+
+
+def depth_colors(n: int, cmap: str = HEATMAP) -> list:
+    """``n`` colours ordered from the first layer to the last."""
+    return [plt.get_cmap(cmap)(x) for x in np.linspace(0.0, 0.9, max(n, 1))][:n]
+
+
+def _axes(ax, figsize=(6.4, 4.0)):
+    if ax is None:
+        fig, ax = plt.subplots(figsize=figsize, layout="constrained")
+        return fig, ax
+    return ax.figure, ax
+
+
+def _as_runs(runs) -> dict[str, Run]:
+    if isinstance(runs, Run):
+        return {_default_label(runs): runs}
+    if isinstance(runs, Mapping):
+        return dict(runs)
+    return {f"run {i + 1}": run for i, run in enumerate(runs)}
+
+
+def _default_label(run: Run) -> str:
+    m, t = run.model_config, run.train_config
+    return f"{m.activation}, depth {m.depth}, lr {t.lr:g}"
+
+
+def _positive(values) -> np.ndarray:
+    """Values for a log axis: non-finite and non-positive entries become NaN (gaps)."""
+    values = np.asarray(values, dtype=float).copy()
+    values[~np.isfinite(values) | (values <= 0)] = np.nan
+    return values
+
+
+def _empty(ax, message: str) -> None:
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="0.4")
+
+
+def _mark_divergence(ax, run: Run, color="#D55E00") -> None:
+    if run.diverged:
+        ax.axvline(run.diverged_at, color=color, linestyle="--", linewidth=1.2)
+        ax.text(run.diverged_at, 0.98, f" diverged at step {run.diverged_at}", color=color, ha="left", va="top",
+                transform=ax.get_xaxis_transform(), fontsize=8)
+
+
+def plot_gradient_flow(run: Run, ax=None, title: str | None = None, vmin: float | None = None,
+                       vmax: float | None = None):
+    """Heatmap of per-layer gradient norms: layers (``conv1`` at the top) by training step,
+    log colour scale. Vanishing shows as a dark band towards ``conv1``; exploding as bright."""
+    fig, ax = _axes(ax, (7.0, 0.25 * len(run.layer_names) + 2.0))
+    ax.set_title(title or "Gradient flow: per-layer gradient norm")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("layer (input at top)")
+    data = _positive(run.layer_grad_norm.T)
+    if data.size == 0 or np.all(np.isnan(data)):
+        _empty(ax, "no recorded steps")
+        return fig
+    finite = data[np.isfinite(data)]
+    norm = LogNorm(vmin=vmin or finite.min(), vmax=vmax or max(finite.max(), finite.min() * 1.0001))
+    steps = run.stat_step
+    last = steps[-1] + (steps[1] - steps[0] if len(steps) > 1 else 1)
+    image = ax.imshow(np.ma.masked_invalid(data), aspect="auto", cmap=HEATMAP, norm=norm, interpolation="nearest",
+                      extent=(steps[0] - 0.5, last - 0.5, len(run.layer_names) - 0.5, -0.5))
+    ax.set_yticks(range(len(run.layer_names)), run.layer_names, fontsize=7 if len(run.layer_names) > 12 else 9)
+    fig.colorbar(image, ax=ax, label="gradient norm (log scale)")
+    _mark_divergence(ax, run, color="white")
+    return fig
+
+
+def plot_grad_norm_profile(runs, steps=(0,), ax=None, title: str | None = None):
+    """Per-layer gradient norm against layer (input to output) at chosen steps, log y.
+
+    ``runs`` is a :class:`Run`, a list of runs, or ``{label: run}``."""
+    runs = _as_runs(runs)
+    fig, ax = _axes(ax)
+    ax.set_title(title or "Gradient norm by layer")
+    ax.set_yscale("log")
+    ax.set_ylabel("gradient norm (log scale)")
+    names: list[str] = []
+    line_styles = ["-", "--", ":", "-."]
+    palette = colors(len(runs))
+    drawn = 0
+    for color, (label, run) in zip(palette, runs.items()):
+        names = run.layer_names if len(run.layer_names) > len(names) else names
+        for style, step in zip(line_styles * 4, steps):
+            if not len(run.stat_step) or step > run.stat_step[-1]:
+                continue
+            row = int(np.argmin(np.abs(run.stat_step - step)))
+            values = _positive(run.layer_grad_norm[row])
+            suffix = f", step {run.stat_step[row]}" if len(steps) > 1 else ""
+            ax.plot(range(len(values)), values, style, marker="o", markersize=3, color=color, label=f"{label}{suffix}")
+            drawn += 1
+    if not drawn:
+        _empty(ax, "no recorded steps")
+        return fig
+    ax.set_xticks(range(len(names)), names, rotation=90 if len(names) > 8 else 0, fontsize=8)
+    ax.set_xlabel("layer (input → output)")
+    ax.legend(fontsize=8)
+    ax.grid(True, which="major", alpha=0.3)
+    return fig
+
+
+_STAT_LABELS = {
+    "mean": ("act_mean", "activation mean", False),
+    "std": ("act_std", "activation standard deviation", True),
+    "saturated": ("act_saturated", "fraction of units in the flat region", False),
+    "dead": ("act_dead", "fraction of channels flat for the whole batch", False),
+}
+
+
+def plot_activation_stats(run: Run, stat: str = "saturated", ax=None, title: str | None = None):
+    """One activation statistic per layer over training: ``mean``, ``std`` (log y),
+    ``saturated`` (fraction of units where the derivative is nearly zero) or ``dead``."""
+    if stat not in _STAT_LABELS:
+        raise ValueError(f"stat = {stat!r} is not allowed; choose one of: {', '.join(_STAT_LABELS)}")
+    field, label, log = _STAT_LABELS[stat]
+    fig, ax = _axes(ax)
+    ax.set_title(title or f"Activations: {label}")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(label + (" (log scale)" if log else ""))
+    values = getattr(run, field)
+    if values.size == 0:
+        _empty(ax, "no recorded steps")
+        return fig
+    for color, (index, name) in zip(depth_colors(len(run.activation_names)), enumerate(run.activation_names)):
+        series = _positive(values[:, index]) if log else values[:, index]
+        ax.plot(run.act_step, series, color=color, marker="o" if len(run.act_step) == 1 else None, label=name)
+    if log:
+        ax.set_yscale("log")
+    elif stat in ("saturated", "dead"):
+        ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=7, ncol=2 if len(run.activation_names) > 8 else 1, loc="best")
+    _mark_divergence(ax, run)
+    return fig
+
+
+def plot_activation_histograms(run: Run, layers=None, max_layers: int = 6, bins: int = 32):
+    """Histogram of each layer's activations over training (counts on a log colour scale).
+
+    Every column is one recorded step; the value axis is fitted to the values the layer
+    actually produced over the run."""
+    names = list(layers) if layers is not None else _spread(run.activation_names, max_layers)
+    fig, axes = plt.subplots(1, max(len(names), 1), figsize=(2.3 * max(len(names), 1) + 1, 3.2),
+                             layout="constrained", squeeze=False)
+    axes = axes[0]
+    fig.suptitle("Activation histograms over training")
+    if not len(run.hist_step):
+        _empty(axes[0], "no histograms recorded")
+        return fig
+    for ax, name in zip(axes, names):
+        index = run.activation_names.index(name)
+        counts, ranges = run.hist_counts[:, index], run.hist_range[:, index]
+        low, high = float(ranges[:, 0].min()), float(ranges[:, 1].max())
+        high = max(high, low + 1e-6)
+        edges = np.linspace(low, high, bins + 1)
+        image = np.zeros((bins, len(run.hist_step)))
+        for column, (row, (lo, hi)) in enumerate(zip(counts, ranges)):
+            # Re-bin onto the common edges, spreading each count uniformly over its bin.
+            cumulative = np.concatenate([[0.0], np.cumsum(row)])
+            image[:, column] = np.diff(np.interp(edges, np.linspace(lo, hi, len(row) + 1), cumulative))
+        image = image / np.maximum(image.sum(axis=0, keepdims=True), 1)
+        masked = np.ma.masked_less_equal(image, 0)
+        ax.imshow(masked, aspect="auto", origin="lower", cmap=HEATMAP, norm=LogNorm(vmin=1e-4, vmax=1),
+                  extent=(run.hist_step[0], run.hist_step[-1] + 1, low, high), interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("step")
+    axes[0].set_ylabel("activation value")
+    for ax in axes[len(names):]:
+        ax.axis("off")
+    return fig
+
+
+def _spread(names: list[str], count: int) -> list[str]:
+    if len(names) <= count:
+        return list(names)
+    picks = np.unique(np.linspace(0, len(names) - 1, count).round().astype(int))
+    return [names[i] for i in picks]
+
+
+def plot_update_ratio(run: Run, ax=None, band=UPDATE_RATIO_BAND, title: str | None = None):
+    """Per-layer update-to-weight ratio ``||ΔW|| / ||W||`` over training, log y, with a
+    reference band (a common rule of thumb puts healthy SGD training near 1e-3)."""
+    fig, ax = _axes(ax)
+    ax.set_title(title or "Update-to-weight ratio per layer")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("‖ΔW‖ / ‖W‖ (log scale)")
+    ax.set_yscale("log")
+    if band is not None:
+        ax.axhspan(*band, color="0.85", zorder=0, label=f"reference band {band[0]:g}–{band[1]:g}")
+    if run.layer_update_ratio.size == 0:
+        _empty(ax, "no recorded steps")
+        return fig
+    for color, (index, name) in zip(depth_colors(len(run.layer_names)), enumerate(run.layer_names)):
+        ax.plot(run.stat_step, _positive(run.layer_update_ratio[:, index]), color=color, linewidth=1,
+                marker="o" if len(run.stat_step) == 1 else None, label=name)
+    ax.legend(fontsize=7, ncol=2 if len(run.layer_names) > 8 else 1)
+    _mark_divergence(ax, run)
+    return fig
+
+
+def plot_training_curves(runs, metrics=("loss", "val_acc"), title: str | None = None, smooth: int = 1):
+    """Loss (log y) and validation/training accuracy of several runs side by side.
+
+    ``runs``: a :class:`Run`, a list, or ``{label: run}``. A run that diverged ends with an
+    ``x`` at its last finite loss and the step number in the legend."""
+    runs = _as_runs(runs)
+    allowed = ("loss", "val_acc", "train_acc", "val_loss", "lr", "grad_norm")
+    for metric in metrics:
+        if metric not in allowed:
+            raise ValueError(f"metric {metric!r} is not allowed; choose from: {', '.join(allowed)}")
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.0 * len(metrics), 3.6), layout="constrained", squeeze=False)
+    axes = axes[0]
+    if title:
+        fig.suptitle(title)
+    for color, (label, run) in zip(colors(len(runs)), runs.items()):
+        for ax, metric in zip(axes, metrics):
+            per_step = metric in ("loss", "lr", "grad_norm")
+            x = np.arange(run.steps_done) if per_step else run.eval_step
+            y = getattr(run, metric)
+            if per_step and smooth > 1 and len(y) >= smooth:
+                y = np.convolve(y, np.ones(smooth) / smooth, mode="valid")
+                x = x[smooth - 1:]
+            name = label + (f" (diverged at {run.diverged_at})" if run.diverged and ax is axes[0] else "")
+            ax.plot(x, _positive(y) if per_step else y, color=color, label=name,
+                    marker="o" if len(x) == 1 else None)
+            if run.diverged and per_step and len(y):
+                finite = np.flatnonzero(np.isfinite(y))
+                if len(finite):
+                    ax.plot(x[finite[-1]], y[finite[-1]], "x", color=color, markersize=10, markeredgewidth=2)
+    for ax, metric in zip(axes, metrics):
+        ax.set_xlabel("training step")
+        ax.set_ylabel({"loss": "training loss (log scale)", "val_acc": "validation accuracy",
+                       "train_acc": "training accuracy", "val_loss": "validation loss",
+                       "lr": "learning rate (log scale)", "grad_norm": "total gradient norm (log scale)"}[metric])
+        if metric in ("loss", "lr", "grad_norm"):
+            ax.set_yscale("log")
+        if metric.endswith("acc"):
+            ax.set_ylim(0, 1.02)
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(fontsize=8)
+    return fig
+
+
+def plot_clipping(run: Run, ax=None, title: str | None = None):
+    """Total gradient norm per step before and after clipping, the threshold (for norm
+    clipping), and the fraction of steps where clipping changed the gradient."""
+    fig, ax = _axes(ax)
+    config = run.train_config
+    ax.set_title(title or f"Clipping ({config.clip}): changed {run.clip_fraction:.0%} of steps")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("total gradient norm (log scale)")
+    ax.set_yscale("log")
+    if run.steps_done == 0:
+        _empty(ax, "no completed steps")
+        return fig
+    steps = np.arange(run.steps_done)
+    ax.plot(steps, _positive(run.grad_norm), color=OKABE_ITO[0], linewidth=1, label="before clipping")
+    if config.clip != "none":
+        ax.plot(steps, _positive(run.grad_norm_clipped), color=OKABE_ITO[1], linewidth=2, zorder=3,
+                label="after clipping")
+        clipped = run.clipped
+        ax.plot(steps[clipped], _positive(run.grad_norm[clipped]), "|", color=OKABE_ITO[3], markersize=6,
+                label="clipped steps")
+    if config.clip == "norm":
+        ax.axhline(config.clip_threshold, color="0.3", linestyle="--", label=f"threshold {config.clip_threshold:g}")
+    ax.legend(fontsize=8)
+    _mark_divergence(ax, run)
+    return fig
