@@ -29,7 +29,7 @@ def unitwise_norm(tensor: torch.Tensor) -> torch.Tensor:
     """
     if tensor.ndim <= 1:
         return tensor.abs()
-    return tensor.norm(dim=tuple(range(1, tensor.ndim)), keepdim=True)
+    return torch.linalg.vector_norm(tensor, dim=tuple(range(1, tensor.ndim)), keepdim=True)
 
 
 def adaptive_clip_grad_(parameters: Iterable[nn.Parameter], clip_factor: float, eps: float = 1e-3) -> torch.Tensor:

@@ -115,6 +115,10 @@ def load_data(config: DataConfig | str | None = None, device=None, **overrides) 
     elif overrides:
         from dataclasses import replace
         config = replace(config, **overrides)
+    if config.name != "digits" and config.root is None:
+        # Resolve the folder now, so the in-process cache sees a changed GRADCOURSE_DATA.
+        from dataclasses import replace
+        config = replace(config, root=str(data_root(config)))
     data = _load_cpu(config)
     return data.to(device) if device is not None else data
 

@@ -5,6 +5,8 @@ import os
 
 import torch
 
+from ._validate import ConfigError
+
 DEVICE_ENV = "GRADCOURSE_DEVICE"
 
 
@@ -13,7 +15,7 @@ def pick_device(preference: str | torch.device | None = None) -> torch.device:
 
     ``preference`` (or the ``GRADCOURSE_DEVICE`` environment variable) overrides the
     automatic choice: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``. Asking for a device
-    that is not available raises a ``ValueError`` that says what is.
+    that is not available raises a :class:`ConfigError` (a ``ValueError``) that says what is.
     """
     if isinstance(preference, torch.device):
         preference = str(preference)
@@ -27,15 +29,15 @@ def pick_device(preference: str | torch.device | None = None) -> torch.device:
     try:
         device = torch.device(preference)
     except (RuntimeError, TypeError):
-        raise ValueError(f"device = {preference!r} is not a device name; use 'cpu', 'cuda', 'cuda:N' or 'mps'") from None
+        raise ConfigError(f"device = {preference!r} is not a device name; use 'cpu', 'cuda', 'cuda:N' or 'mps'") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device = {preference!r} was asked for, but no CUDA GPU is available here; "
+        raise ConfigError(f"device = {preference!r} was asked for, but no CUDA GPU is available here; "
                          f"available: {', '.join(available_devices())}")
     if device.type == "mps" and not _mps_available():
-        raise ValueError(f"device = {preference!r} was asked for, but Apple MPS is not available here; "
+        raise ConfigError(f"device = {preference!r} was asked for, but Apple MPS is not available here; "
                          f"available: {', '.join(available_devices())}")
     if device.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"device = {preference!r} is not supported; use 'cpu', 'cuda', 'cuda:N' or 'mps'")
+        raise ConfigError(f"device = {preference!r} is not supported; use 'cpu', 'cuda', 'cuda:N' or 'mps'")
     return device
 
 

@@ -174,6 +174,15 @@ def train(model_config: CNNConfig | None = None, train_config: TrainConfig | Non
     Example:
         >>> run = train(depth=20, activation="sigmoid", steps=100)  # doctest: +SKIP
     """
+    for argument, value, expected in (("model_config", model_config, CNNConfig),
+                                      ("train_config", train_config, TrainConfig)):
+        if value is not None and not isinstance(value, expected):
+            raise check.ConfigError(
+                f"train({argument}=...) must be a {expected.__name__}, got a {type(value).__name__}; "
+                f"call train(CNNConfig(...), TrainConfig(...), data)")
+    if data is not None and not isinstance(data, (ImageData, DataConfig, str)):
+        raise check.ConfigError(f"train(data=...) must be a dataset name, a DataConfig or an ImageData, "
+                                f"got a {type(data).__name__}")
     model_over, train_over, data_over = split_overrides(overrides)
     model_config = replace(model_config or CNNConfig(), **model_over)
     train_config = replace(train_config or TrainConfig(), **train_over)

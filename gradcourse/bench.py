@@ -1,0 +1,155 @@
+"""The benchmark: ``python -m gradcourse.bench`` (``make bench``).
+
+Every figure is a ratio or a rate measured in one process, with the things compared
+interleaved, because these machines are shared and noisy. Results are printed as a table
+and written to ``_build/bench.json``. ``--quick`` runs every measurement briefly (CI uses
+it to check that the benchmark works; its numbers are not the targets).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .data import load_data
+from .device import describe_device, pick_device
+from .models import CNNConfig, build_model
+from .train import TrainConfig, train
+
+DEFAULT_OUTPUT = Path("_build") / "bench.json"
+# The 28x28 configuration for throughput: six 3x3 convolutions of width 16 on 28x28 digits.
+THROUGHPUT_MODEL = CNNConfig(depth=6, width=16, init="kaiming_normal")
+THROUGHPUT_IMAGE = 28
+
+
+def monitor_overhead(repeats: int, steps: int) -> dict:
+    """Time with per-step monitoring / time without, same config and seed, interleaved."""
+    data = load_data("digits")
+    config = TrainConfig(steps=steps, eval_every=steps)
+    train(train_config=TrainConfig(steps=10), data=data, progress=False)  # warm-up
+    ratios, on, off = [], [], []
+    for _ in range(repeats):
+        with_monitor = train(train_config=config, data=data, progress=False).seconds
+        without = train(train_config=config, data=data, monitor=False, progress=False).seconds
+        on.append(with_monitor)
+        off.append(without)
+        ratios.append(with_monitor / without)
+    return {"monitor_overhead_ratio": statistics.median(ratios),
+            "monitor_on_ms_per_step": 1000 * statistics.median(on) / steps,
+            "monitor_off_ms_per_step": 1000 * statistics.median(off) / steps}
+
+
+def matmul_flops(device: torch.device, size: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of a large float32 matrix product on ``device`` (the practical peak)."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    a @ b
+    _sync(device)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size ** 3 / best
+
+
+def training_flops(device: torch.device, steps: int) -> dict:
+    """Achieved FLOP/s of forward+backward+SGD on the 28x28 configuration, and its share of the
+    matmul peak measured right after. FLOPs per step are counted by torch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    data = load_data("digits", image_size=THROUGHPUT_IMAGE, device=device)
+    model = build_model(THROUGHPUT_MODEL, data).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = data.x_train[:64], data.y_train[:64]
+
+    def step():
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    flops_per_step = counter.get_total_flops()
+    for _ in range(3):
+        step()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    seconds = (time.perf_counter() - start) / steps
+    peak = matmul_flops(device)
+    return {"train_flops_per_s": flops_per_step / seconds, "matmul_flops_per_s": peak,
+            "train_fraction_of_matmul_peak": flops_per_step / seconds / peak,
+            "train_ms_per_step_28x28": 1000 * seconds, "flops_per_step_28x28": flops_per_step}
+
+
+def gpu_speedup(steps: int) -> dict:
+    """Steps per second of the 28x28 configuration on the GPU over the CPU (only with CUDA)."""
+    if not torch.cuda.is_available():
+        return {}
+    data = load_data("digits", image_size=THROUGHPUT_IMAGE)
+    config = TrainConfig(steps=steps, eval_every=steps)
+    times = {}
+    for name in ("cpu", "cuda"):
+        train(THROUGHPUT_MODEL, TrainConfig(steps=5), data, device=name, progress=False)
+        times[name] = train(THROUGHPUT_MODEL, config, data, device=name, progress=False).seconds
+    return {"gpu_speedup": times["cpu"] / times["cuda"], "gpu_name": describe_device(torch.device("cuda"))}
+
+
+def book_build_seconds() -> dict:
+    """Wall time of a clean ``make book``."""
+    subprocess.run(["make", "clean"], check=True, capture_output=True)
+    start = time.perf_counter()
+    subprocess.run(["make", "book"], check=True, capture_output=True)
+    return {"book_build_s": time.perf_counter() - start}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="run each measurement briefly (CI check)")
+    parser.add_argument("--book", action="store_true", help="also time a clean book build")
+    parser.add_argument("--output", default=str(DEFAULT_OUTPUT), help="where to write bench.json")
+    args = parser.parse_args(argv)
+    repeats, steps = (2, 20) if args.quick else (7, 200)
+    device = pick_device()
+    results: dict = {
+        "date": time.strftime("%Y-%m-%d"), "machine": platform.platform(), "processor": platform.processor(),
+        "cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "gradcourse": __version__,
+        "device": describe_device(device), "quick": args.quick,
+    }
+    results.update(monitor_overhead(repeats, steps))
+    results.update(training_flops(device, 5 if args.quick else 30))
+    results.update(gpu_speedup(20 if args.quick else 200))
+    if args.book:
+        results.update(book_build_seconds())
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(results, indent=2))
+    width = max(len(k) for k in results)
+    for key, value in results.items():
+        shown = f"{value:.3g}" if isinstance(value, float) else str(value)
+        print(f"{key:<{width}}  {shown}")
+    print(f"written to {output}")
+    return results
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

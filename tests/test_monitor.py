@@ -1,0 +1,208 @@
+"""LayerMonitor's numbers equal the same quantities computed by hand with autograd and hooks."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import gradcourse as gc
+
+CONFIG = gc.CNNConfig(depth=3, width=8, norm="batch", init="kaiming_normal")
+
+
+def one_batch(data, n=32):
+    return data.x_train[:n], data.y_train[:n]
+
+
+def manual_layer_grad_norms(model, layers, loss) -> torch.Tensor:
+    """sqrt(sum of squared gradients of every parameter of each layer), by torch.autograd.grad."""
+    params = [list(layer.parameters()) for layer in layers.values()]
+    grads = torch.autograd.grad(loss, [p for group in params for p in group], retain_graph=True)
+    norms, start = [], 0
+    for group in params:
+        norms.append(torch.sqrt(sum((g.double() ** 2).sum() for g in grads[start:start + len(group)])))
+        start += len(group)
+    return torch.stack(norms)
+
+
+def test_grad_norms_equal_a_manual_autograd_computation(digits):
+    torch.manual_seed(0)
+    model = gc.build_model(CONFIG, digits)
+    x, y = one_batch(digits)
+    with gc.LayerMonitor(model) as monitor:
+        loss = F.cross_entropy(model(x), y)
+        expected = manual_layer_grad_norms(model, model.layers(), loss)
+        loss.backward()
+        measured = monitor.grad_norms()
+    assert monitor.layer_names == ["conv1", "conv2", "conv3", "fc"]
+    assert torch.allclose(measured.double(), expected, rtol=1e-5)
+
+
+def test_recorded_step_zero_grad_norms_equal_a_manual_computation_with_the_same_seed(small_digits):
+    """train() seeds the initialization with TrainConfig.seed; one batch of 64 is the whole
+    training set, so step 0 sees exactly the examples used here (in another order)."""
+    seed = 5
+    run = gc.train(CONFIG, gc.TrainConfig(steps=1, batch_size=64, seed=seed), small_digits, device="cpu")
+    torch.manual_seed(seed)
+    model = gc.build_model(CONFIG, small_digits)
+    loss = F.cross_entropy(model(small_digits.x_train), small_digits.y_train)
+    expected = manual_layer_grad_norms(model, model.layers(), loss)
+    assert run.layer_names == ["conv1", "conv2", "conv3", "fc"]
+    assert run.layer_grad_norm[0] == pytest.approx(expected.numpy(), rel=1e-4)
+    assert run.grad_norm[0] == pytest.approx(float(expected.norm()), rel=1e-4)
+
+
+def test_update_ratio_equals_the_weight_change_over_the_weight_norm(digits):
+    torch.manual_seed(1)
+    model = gc.build_model(CONFIG, digits)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = one_batch(digits)
+    with gc.LayerMonitor(model) as monitor:
+        F.cross_entropy(model(x), y).backward()
+        before = {name: [p.detach().clone() for p in layer.parameters()] for name, layer in model.layers().items()}
+        monitor.snapshot_weights()
+        optimizer.step()
+        weight_norms, ratios = monitor.update_ratios()
+    for index, (name, layer) in enumerate(model.layers().items()):
+        old = before[name]
+        delta = torch.sqrt(sum(((p.detach() - q) ** 2).sum() for p, q in zip(layer.parameters(), old)))
+        norm = torch.sqrt(sum((q ** 2).sum() for q in old))
+        assert float(weight_norms[index]) == pytest.approx(float(norm), rel=1e-5), name
+        assert float(ratios[index]) == pytest.approx(float(delta / norm), rel=1e-4), name
+
+
+def test_recorded_sgd_update_ratio_is_lr_times_grad_norm_over_weight_norm(digits):
+    run = gc.train(gc.CNNConfig(depth=3, width=8), gc.TrainConfig(steps=3, batch_size=32, lr=0.05), digits,
+                   device="cpu")
+    expected = 0.05 * run.layer_grad_norm / run.layer_weight_norm  # plain SGD: delta W = -lr * grad
+    assert run.layer_update_ratio == pytest.approx(expected, rel=1e-4)
+
+
+def test_update_ratios_without_a_snapshot_raise_a_helpful_error():
+    monitor = gc.LayerMonitor(gc.build_model(gc.CNNConfig(depth=2, width=4)))
+    with pytest.raises(RuntimeError, match="snapshot_weights"):
+        monitor.update_ratios()
+
+
+# -- activation statistics --------------------------------------------------------------
+
+def manual_activation_stats(output: torch.Tensor, kind: str) -> list[float]:
+    """mean, std, fraction of units in the flat region, fraction of channels flat for the batch."""
+    y = output.double()
+    if kind == "sigmoid":
+        flat = (y < 0.01) | (y > 0.99)
+        channel_flat = flat.transpose(0, 1).reshape(y.shape[1], -1).all(dim=1)
+    else:  # relu
+        flat = y <= 0
+        channel_flat = flat.transpose(0, 1).reshape(y.shape[1], -1).all(dim=1)
+    return [float(y.mean()), float(y.std(unbiased=False)), float(flat.double().mean()),
+            float(channel_flat.double().mean())]
+
+
+@pytest.mark.parametrize("activation, gain", [("sigmoid", 6.0), ("relu", 1.0)])
+def test_activation_stats_equal_a_manual_computation_from_a_forward_hook(digits, activation, gain):
+    torch.manual_seed(2)
+    model = gc.build_model(gc.CNNConfig(depth=3, width=8, activation=activation, init="xavier_normal",
+                                        init_gain=gain), digits)
+    with torch.no_grad():
+        model.conv2.conv.bias[0] = -100.0  # channel 0 of conv2: flat for the whole batch
+    outputs = {}
+    hooks = [module.register_forward_hook(lambda m, i, o, name=name: outputs.__setitem__(name, o.detach()))
+             for name, module in model.activation_modules().items()]
+    x, _ = one_batch(digits, 64)
+    with gc.LayerMonitor(model) as monitor:
+        model(x)
+    for hook in hooks:
+        hook.remove()
+    assert monitor.activation_names == ["conv1", "conv2", "conv3"]
+    for index, name in enumerate(monitor.activation_names):
+        expected = manual_activation_stats(outputs[name], activation)
+        assert monitor.activation_stats[index].tolist() == pytest.approx(expected, rel=1e-3, abs=1e-6), name
+    assert float(monitor.activation_stats[1, 3]) >= 1 / 8  # the channel we killed counts as dead
+    assert float(monitor.activation_stats[:, 2].max()) > 0.01  # the statistics are not trivially zero
+
+
+def test_activation_stats_ignore_forward_passes_without_gradient(digits):
+    model = gc.build_model(gc.CNNConfig(depth=2, width=4), digits)
+    with gc.LayerMonitor(model) as monitor:
+        with torch.no_grad():
+            model(digits.x_train[:16])
+        assert torch.count_nonzero(monitor.activation_stats) == 0
+        model(digits.x_train[:16])
+        assert torch.count_nonzero(monitor.activation_stats) > 0
+
+
+def test_activation_stats_are_not_collected_when_switched_off(digits):
+    model = gc.build_model(gc.CNNConfig(depth=2, width=4), digits)
+    with gc.LayerMonitor(model) as monitor:
+        monitor.collect_activations = False
+        model(digits.x_train[:16])
+        assert torch.count_nonzero(monitor.activation_stats) == 0
+
+
+def test_histograms_count_every_activation_over_the_range_it_produced(digits):
+    model = gc.build_model(gc.CNNConfig(depth=2, width=4, activation="tanh"), digits)
+    outputs = []
+    hook = model.conv2.act.register_forward_hook(lambda m, i, o: outputs.append(o.detach()))
+    with gc.LayerMonitor(model) as monitor:
+        monitor.collect_histograms = True
+        model(digits.x_train[:16])
+    hook.remove()
+    units = 16 * 4 * 8 * 8
+    assert monitor.histograms.sum(dim=1).tolist() == [units, units]
+    assert monitor.histogram_ranges[1].tolist() == pytest.approx([float(outputs[0].min()), float(outputs[0].max())])
+
+
+def test_hooks_are_removed_when_the_with_block_ends(digits):
+    model = gc.build_model(gc.CNNConfig(depth=3, width=4), digits)
+    modules = list(model.activation_modules().values())
+    with gc.LayerMonitor(model) as monitor:
+        assert all(len(m._forward_hooks) == 1 for m in modules)
+    assert all(len(m._forward_hooks) == 0 for m in modules)
+    stats = monitor.activation_stats.clone()
+    model(digits.x_train[:8])
+    assert torch.equal(monitor.activation_stats, stats)
+
+
+def test_hooks_are_removed_when_the_with_block_raises(digits):
+    model = gc.build_model(gc.CNNConfig(depth=2, width=4), digits)
+    with pytest.raises(KeyError):
+        with gc.LayerMonitor(model):
+            raise KeyError("inside the block")
+    assert all(len(m._forward_hooks) == 0 for m in model.activation_modules().values())
+
+
+def test_monitor_works_on_a_plain_sequential_model():
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Tanh(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10))
+    x, y = torch.randn(16, 1, 8, 8), torch.arange(16) % 10
+    outputs = []
+    hook = model[1].register_forward_hook(lambda m, i, o: outputs.append(o.detach()))
+    with gc.LayerMonitor(model) as monitor:
+        loss = F.cross_entropy(model(x), y)
+        expected = manual_layer_grad_norms(model, {"0": model[0], "3": model[3]}, loss)
+        loss.backward()
+        measured = monitor.grad_norms()
+    hook.remove()
+    assert monitor.layer_names == ["0", "3"] and monitor.activation_names == ["1"]
+    assert torch.allclose(measured.double(), expected, rtol=1e-5)
+    assert float(monitor.activation_stats[0, 0]) == pytest.approx(float(outputs[0].mean()), abs=1e-6)
+    assert float(monitor.activation_stats[0, 1]) == pytest.approx(float(outputs[0].std(unbiased=False)), rel=1e-3)
+    assert monitor.grad_norms_dict() == pytest.approx(dict(zip(["0", "3"], measured.tolist())))
+
+
+def test_layer_without_a_gradient_has_norm_zero():
+    model = nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 2))
+    for p in model[0].parameters():
+        p.requires_grad_(False)
+    monitor = gc.LayerMonitor(model)
+    model(torch.randn(4, 3)).sum().backward()
+    norms = monitor.grad_norms()
+    assert float(norms[0]) == 0.0 and float(norms[1]) > 0.0
+
+
+def test_monitor_accepts_explicit_layers_and_activations():
+    model = nn.Sequential(nn.Linear(3, 5), nn.Sigmoid(), nn.Linear(5, 2))
+    monitor = gc.LayerMonitor(model, layers={"hidden": model[0]}, activations={"squash": model[1]})
+    assert monitor.layer_names == ["hidden"] and monitor.activation_names == ["squash"]
