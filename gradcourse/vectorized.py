@@ -1,0 +1,348 @@
+"""Train several configurations of one CNN at once, as one wide network.
+
+A learning-rate or clip-threshold sweep trains K copies of the same architecture on the
+same batches. Rather than K small networks one after another, :func:`train_many` builds
+one network whose convolutions have ``groups=K``: group ``k`` holds model ``k``'s
+weights, so the models never mix, but every layer runs as one larger (and on a CPU much
+more efficient) kernel. Each model keeps its own learning rate, clip threshold, gradient
+norms, divergence step and record; the records match :func:`gradcourse.train`'s for the
+same configurations up to floating-point rounding (a test checks it).
+
+Supported: optimizers ``sgd`` and ``momentum``, a ``constant`` schedule, clipping
+``none``, ``norm`` or ``value``, no weight decay, max-norm or weight normalization, and
+statistics at every step; configurations may differ in ``lr``, ``clip_threshold`` and
+``momentum`` only. The update is SGD's own rule, ``buf = momentum * buf + grad;
+w -= lr * buf``, applied to each model's block of the wide parameters (``torch.optim``
+has one learning rate per parameter tensor, and here a tensor holds K models). Activation
+histograms are not recorded.
+:func:`can_train_together` says whether a list of configurations qualifies.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import fields, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import ImageData
+from .models import CNN, CNNConfig, ConvBlock, build_model
+from .monitor import ACTIVATION_STATS
+from .record import Run
+from .train import TrainConfig
+
+VARYING = {"lr", "clip_threshold", "momentum"}
+
+
+def can_train_together(model_configs: list[CNNConfig], train_configs: list[TrainConfig]) -> bool:
+    """True when these configurations can share one wide network (see the module docstring)."""
+    if len(set(model_configs)) != 1 or model_configs[0].weight_norm:
+        return False
+    base = train_configs[0]
+    for config in train_configs:
+        if config.optimizer not in ("sgd", "momentum") or config.schedule != "constant" or config.nesterov \
+                or config.record_every != 1:
+            return False
+        if config.clip not in ("none", "norm", "value") or config.weight_decay or config.max_weight_norm is not None:
+            return False
+        if config.clip != base.clip or any(getattr(config, f.name) != getattr(base, f.name)
+                                           for f in fields(TrainConfig) if f.name not in VARYING):
+            return False
+    return True
+
+
+class WideCNN(nn.Module):
+    """K copies of a :class:`CNN` side by side: every layer is grouped by model."""
+
+    def __init__(self, models: list[CNN]):
+        super().__init__()
+        first = models[0]
+        config, k = first.config, len(models)
+        self.k, self.config = k, config
+        self.downsample_after = first.downsample_after
+        self.downsample = first.downsample
+        self.names = list(first.layers())
+        self.blocks = nn.ModuleList()
+        for name in self.names[:-1]:
+            blocks = [m.layers()[name] for m in models]
+            conv = blocks[0].conv
+            wide_conv = nn.Conv2d(conv.in_channels * k, conv.out_channels * k, 3, padding=1, groups=k)
+            with torch.no_grad():
+                wide_conv.weight.copy_(torch.cat([b.conv.weight for b in blocks]))
+                wide_conv.bias.copy_(torch.cat([b.conv.bias for b in blocks]))
+            block = nn.Module()
+            block.conv, block.norm, block.act = wide_conv, _wide_norm(blocks), blocks[0].act
+            block.residual, block.residual_scale = blocks[0].residual, blocks[0].residual_scale
+            self.blocks.append(block)
+        fc = first.fc
+        self.fc = nn.Conv1d(fc.in_features * k, fc.out_features * k, 1, groups=k)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.cat([m.fc.weight for m in models]).unsqueeze(-1))
+            self.fc.bias.copy_(torch.cat([m.fc.bias for m in models]))
+        self.layer_modules = list(self.blocks) + [self.fc]
+
+    def forward(self, x):
+        x = x.repeat(1, self.k, 1, 1)
+        for name, block in zip(self.names, self.blocks):
+            out = block.act(block.norm(block.conv(x)))
+            x = x + block.residual_scale * out if block.residual else out
+            if name in self.downsample_after:
+                x = self.downsample(x)
+        logits = self.fc(x.mean(dim=(2, 3)).unsqueeze(-1)).squeeze(-1)
+        return logits.view(len(x), self.k, -1)
+
+
+def _wide_norm(blocks) -> nn.Module:
+    norm = blocks[0].norm
+    k = len(blocks)
+    if isinstance(norm, nn.BatchNorm2d):
+        wide = nn.BatchNorm2d(norm.num_features * k)
+    elif isinstance(norm, nn.GroupNorm):
+        wide = nn.GroupNorm(norm.num_groups * k, norm.num_channels * k)
+    else:
+        return nn.Identity()
+    with torch.no_grad():
+        wide.weight.copy_(torch.cat([b.norm.weight for b in blocks]))
+        wide.bias.copy_(torch.cat([b.norm.bias for b in blocks]))
+    return wide
+
+
+def train_many(model_config: CNNConfig, train_configs: list[TrainConfig], data: ImageData,
+               device: torch.device | str = "cpu") -> list[Run]:
+    """Train every ``TrainConfig`` in ``train_configs`` on ``model_config`` together.
+
+    Returns one :class:`Run` per configuration, in order. Raises ``ValueError`` if the
+    configurations cannot share a network (check :func:`can_train_together` first)."""
+    if not can_train_together([model_config] * len(train_configs), train_configs):
+        raise ValueError("these configurations differ in more than lr, clip_threshold and momentum, or use an "
+                         "optimizer, schedule or option that train_many does not support")
+    device = torch.device(device)
+    data = data.to(device)
+    base = train_configs[0]
+    k = len(train_configs)
+    models = []
+    for _ in range(k):
+        torch.manual_seed(base.seed)   # every model starts exactly as gradcourse.train would start it
+        models.append(build_model(model_config, data))
+    wide = WideCNN(models).to(device)
+    return _Together(wide, model_config, train_configs, data, device).run()
+
+
+class _Together:
+    def __init__(self, wide: WideCNN, model_config, configs, data, device):
+        self.wide, self.model_config, self.configs, self.data, self.device = wide, model_config, configs, data, device
+        self.k = len(configs)
+        base = configs[0]
+        self.base = base
+        self.lr = torch.tensor([c.lr for c in configs], device=device)
+        self.threshold = torch.tensor([c.clip_threshold for c in configs], device=device)
+        self.momentum = torch.tensor([c.momentum if c.optimizer == "momentum" else 0.0 for c in configs],
+                                     device=device)
+        self.layer_params = [list(m.parameters()) for m in wide.layer_modules]
+        self.params = [p for group in self.layer_params for p in group]
+        self.buffers = [torch.zeros_like(p) for p in self.params]
+        self.generator = torch.Generator().manual_seed(base.seed)
+        self.alive = torch.ones(self.k, dtype=torch.bool, device=device)
+        self.act_stats = torch.zeros(len(wide.blocks), self.k, len(ACTIVATION_STATS), device=device)
+        self.collect = False
+        for index, block in enumerate(wide.blocks):
+            block.act.register_forward_hook(self._activation_hook(index))
+
+    def _activation_hook(self, index):
+        def hook(module, inputs, output):
+            if not (self.collect and torch.is_grad_enabled()):
+                return
+            y = output.detach()
+            b, c = y.shape[:2]
+            per_model = y.view(b, self.k, c // self.k, -1).transpose(0, 1).reshape(self.k, -1)
+            mean = per_model.mean(1)
+            std = per_model.std(1, correction=0)
+            flat = _flat(module, per_model).float().mean(1)
+            channels = y.view(b, self.k, c // self.k, -1)
+            low, high = channels.amin(dim=(0, 3)), channels.amax(dim=(0, 3))
+            dead = _flat_channel(module, low, high).float().mean(1)
+            self.act_stats[index] = torch.stack([mean, std, flat, dead], dim=1)
+        return hook
+
+    def per_model_norms(self, tensors_by_layer) -> torch.Tensor:
+        """(layers, K) norms, treating dim 0 of every tensor as K model blocks."""
+        rows = []
+        for tensors in tensors_by_layer:
+            squares = sum(t.reshape(self.k, -1).pow(2).sum(1) for t in tensors)
+            rows.append(squares.sqrt())
+        return torch.stack(rows)
+
+    def batches(self):
+        n = len(self.data.y_train)
+        batch = min(self.base.batch_size, n)
+        while True:
+            order = torch.randperm(n, generator=self.generator).to(self.device)
+            for start in range(0, n - batch + 1, batch):
+                index = order[start:start + batch]
+                yield self.data.x_train[index], self.data.y_train[index]
+
+    def run(self) -> list[Run]:
+        base, k, device = self.base, self.k, self.device
+        steps = base.steps
+        n_layers = len(self.layer_params)
+        loss_hist = torch.zeros(steps, k, device=device)
+        before_hist = torch.zeros(steps, k, device=device)
+        after_hist = torch.zeros(steps, k, device=device)
+        fired_hist = torch.zeros(steps, k, dtype=torch.bool, device=device)
+        layer_grad = torch.zeros(steps, n_layers, k, device=device)
+        layer_weight = torch.zeros(steps, n_layers, k, device=device)
+        layer_ratio = torch.zeros(steps, n_layers, k, device=device)
+        n_act = (steps + base.activation_every - 1) // base.activation_every
+        act_hist = torch.zeros(n_act, len(self.wide.blocks), k, len(ACTIVATION_STATS), device=device)
+        diverged_at = [None] * k
+        reasons = [""] * k
+        evals = []
+        start = time.perf_counter()
+        self.wide.train()
+        done = 0
+        for step, (x, y) in zip(range(steps), self.batches()):
+            self.collect = step % base.activation_every == 0
+            logits = self.wide(x)
+            losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.repeat_interleave(k),
+                                     reduction="none").view(len(y), k).mean(0)
+            for p in self.params:
+                p.grad = None
+            torch.where(self.alive, losses, torch.zeros_like(losses)).sum().backward()
+            grads_by_layer = [[p.grad for p in group] for group in self.layer_params]
+            grad_norms = self.per_model_norms(grads_by_layer)                     # (layers, K)
+            total = grad_norms.pow(2).sum(0).sqrt()
+            finite = torch.isfinite(losses) & torch.isfinite(total)
+            newly = self.alive & ~finite
+            if bool(newly.any()):
+                for index in torch.nonzero(newly).flatten().tolist():
+                    diverged_at[index] = step
+                    reasons[index] = ("loss is not finite" if not bool(torch.isfinite(losses[index]))
+                                      else "gradient is not finite")
+                self.alive &= finite
+                if not bool(self.alive.any()):
+                    break
+            scale = self._clip_scale(total)                                        # (K,)
+            fired = self._apply_clip(scale)
+            after = self.per_model_norms([[p.grad for p in g] for g in self.layer_params]).pow(2).sum(0).sqrt()
+            weights_before = self.per_model_norms([[p.detach() for p in g] for g in self.layer_params])
+            with torch.no_grad():
+                step_lr = torch.where(self.alive, self.lr, torch.zeros_like(self.lr))
+                updates = []
+                for p, buffer in zip(self.params, self.buffers):
+                    # A diverged model's gradient may hold NaN: zero it, its learning rate is 0 now.
+                    grad = torch.nan_to_num(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
+                    buffer.view(k, -1).mul_(self.momentum.view(k, 1)).add_(grad.view(k, -1))
+                    update = buffer.view(k, -1) * step_lr.view(k, 1)
+                    p.view(k, -1).sub_(update)
+                    updates.append(update)
+            ratios = self._update_norms(updates) / weights_before.clamp_min(1e-12)
+            row_alive = self.alive.view(1, k)
+            loss_hist[step] = losses.detach()
+            before_hist[step], after_hist[step], fired_hist[step] = total, after, fired & self.alive
+            layer_grad[step] = grad_norms
+            layer_weight[step] = weights_before
+            layer_ratio[step] = torch.where(row_alive, ratios, torch.zeros_like(ratios))
+            if self.collect:
+                act_hist[step // base.activation_every] = self.act_stats
+            done = step + 1
+            if done % base.eval_every == 0 or done == steps:
+                evals.append((done, *self._evaluate(final=done == steps)))
+                self.wide.train()
+        seconds = time.perf_counter() - start
+        return [self._record(i, done, diverged_at[i], reasons[i], loss_hist, before_hist, after_hist, fired_hist,
+                             layer_grad, layer_weight, layer_ratio, act_hist, evals, seconds / k) for i in range(k)]
+
+    def _clip_scale(self, total: torch.Tensor) -> torch.Tensor:
+        if self.base.clip == "norm":   # exactly clip_grad_norm_'s rule
+            return (self.threshold / (total + 1e-6)).clamp(max=1.0)
+        return torch.ones_like(total)
+
+    def _apply_clip(self, scale: torch.Tensor) -> torch.Tensor:
+        k = self.k
+        fired = torch.zeros(k, dtype=torch.bool, device=self.device)
+        with torch.no_grad():
+            for p in self.params:
+                g = p.grad.view(k, -1)
+                if self.base.clip == "norm":
+                    g.mul_(scale.view(k, 1))
+                elif self.base.clip == "value":
+                    limit = self.threshold.view(k, 1)
+                    fired |= (g.abs() > limit).any(1)
+                    g.copy_(torch.maximum(torch.minimum(g, limit), -limit))
+        if self.base.clip == "norm":
+            fired = scale < 1.0
+        return fired
+
+    def _update_norms(self, updates) -> torch.Tensor:
+        rows, index = [], 0
+        for group in self.layer_params:
+            squares = sum(updates[index + j].pow(2).sum(1) for j in range(len(group)))
+            index += len(group)
+            rows.append(squares.sqrt())
+        return torch.stack(rows)
+
+    @torch.no_grad()
+    def _evaluate(self, final: bool):
+        self.wide.eval()
+        collect, self.collect = self.collect, False
+        n = self.base.eval_examples
+        train_acc, _ = self._accuracy(self.data.x_train[:n], self.data.y_train[:n])
+        x_val, y_val = (self.data.x_val, self.data.y_val) if final else (self.data.x_val[:n], self.data.y_val[:n])
+        val_acc, val_loss = self._accuracy(x_val, y_val)
+        self.collect = collect
+        return train_acc, val_acc, val_loss
+
+    def _accuracy(self, x, y, chunk: int = 1024):
+        correct = torch.zeros(self.k, device=self.device)
+        loss = torch.zeros(self.k, device=self.device)
+        for start in range(0, len(y), chunk):
+            logits = self.wide(x[start:start + chunk])
+            target = y[start:start + chunk]
+            correct += (logits.argmax(-1) == target.unsqueeze(1)).float().sum(0)
+            loss += F.cross_entropy(logits.permute(0, 2, 1), target.unsqueeze(1).expand(-1, self.k),
+                                    reduction="none").sum(0)
+        return (correct / len(y)).cpu().numpy(), (loss / len(y)).cpu().numpy()
+
+    def _record(self, i, done, diverged_at, reason, loss_hist, before_hist, after_hist, fired_hist, layer_grad,
+                layer_weight, layer_ratio, act_hist, evals, seconds) -> Run:
+        stop = diverged_at if diverged_at is not None else done
+        every = self.base.activation_every
+        act_rows = (stop + every - 1) // every
+        acts = act_hist[:act_rows, :, i].cpu().numpy().astype(np.float64)
+        kept = [e for e in evals if diverged_at is None or e[0] <= diverged_at]
+        n_act = len(self.wide.blocks)
+        to_np = lambda t: t.cpu().numpy().astype(np.float64)  # noqa: E731
+        names = self.wide.names
+        return Run(
+            model_config=self.model_config, train_config=self.configs[i], data_name=self.data.name,
+            device=str(self.device), layer_names=list(names), activation_names=list(names[:-1]),
+            loss=to_np(loss_hist[:stop, i]), lr=np.full(stop, self.configs[i].lr),
+            grad_norm=to_np(before_hist[:stop, i]), grad_norm_clipped=to_np(after_hist[:stop, i]),
+            clipped=fired_hist[:stop, i].cpu().numpy(), stat_step=np.arange(stop),
+            layer_grad_norm=to_np(layer_grad[:stop, :, i]), layer_weight_norm=to_np(layer_weight[:stop, :, i]),
+            layer_update_ratio=to_np(layer_ratio[:stop, :, i]), act_step=np.arange(act_rows) * every,
+            act_mean=acts[:, :, 0], act_std=acts[:, :, 1], act_saturated=acts[:, :, 2], act_dead=acts[:, :, 3],
+            eval_step=np.array([e[0] for e in kept], dtype=int),
+            train_acc=np.array([e[1][i] for e in kept]), val_acc=np.array([e[2][i] for e in kept]),
+            val_loss=np.array([e[3][i] for e in kept]),
+            hist_step=np.zeros(0, dtype=int), hist_counts=np.zeros((0, n_act, 32)), hist_range=np.zeros((0, n_act, 2)),
+            diverged_at=diverged_at, diverged_reason=reason, seconds=seconds,
+        )
+
+
+def _flat(module, y):
+    if isinstance(module, nn.Sigmoid):
+        return (y < 0.01) | (y > 0.99)
+    if isinstance(module, nn.Tanh):
+        return (y < -0.99) | (y > 0.99)
+    return y <= 0
+
+
+def _flat_channel(module, low, high):
+    if isinstance(module, nn.Sigmoid):
+        return (high < 0.01) | (low > 0.99)
+    if isinstance(module, nn.Tanh):
+        return (high < -0.99) | (low > 0.99)
+    return high <= 0

@@ -1,0 +1,59 @@
+"""train_many trains several configurations as one grouped network, and must agree with train()."""
+import numpy as np
+import pytest
+
+import gradcourse as gc
+from gradcourse.vectorized import can_train_together, train_many
+
+MODEL = gc.CNNConfig(depth=4, width=8, init="kaiming_normal")
+
+
+def _configs(**common):
+    return [gc.TrainConfig(steps=12, lr=lr, eval_every=6, **common) for lr in (0.01, 0.05, 0.2)]
+
+
+@pytest.mark.parametrize("common", [
+    {"optimizer": "sgd"},
+    {"optimizer": "momentum", "clip": "norm", "clip_threshold": 0.5},
+    {"optimizer": "momentum", "clip": "value", "clip_threshold": 0.01},
+], ids=["sgd", "momentum+norm clip", "momentum+value clip"])
+def test_train_many_matches_train_for_each_configuration(digits, common):
+    """Equal up to float rounding. At a large learning rate training amplifies rounding
+    differences step by step, so the first steps are compared tightly and the rest loosely."""
+    configs = _configs(**common)
+    together = train_many(MODEL, configs, digits)
+    for config, run in zip(configs, together):
+        alone = gc.train(MODEL, config, digits)
+        assert run.steps_done == alone.steps_done
+        np.testing.assert_allclose(run.loss[:5], alone.loss[:5], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(run.grad_norm[:5], alone.grad_norm[:5], rtol=1e-5)
+        np.testing.assert_allclose(run.loss, alone.loss, rtol=1e-2)
+        np.testing.assert_allclose(run.grad_norm, alone.grad_norm, rtol=2e-2)
+        np.testing.assert_allclose(run.grad_norm_clipped, alone.grad_norm_clipped, rtol=2e-2)
+        np.testing.assert_array_equal(run.clipped, alone.clipped)
+        np.testing.assert_allclose(run.layer_grad_norm[:5], alone.layer_grad_norm[:5], rtol=1e-4)
+        np.testing.assert_allclose(run.layer_update_ratio[:5], alone.layer_update_ratio[:5], rtol=1e-4)
+        np.testing.assert_allclose(run.act_mean[:1], alone.act_mean[:1], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(run.act_saturated, alone.act_saturated, atol=2e-2)
+        np.testing.assert_allclose(run.val_acc, alone.val_acc, atol=0.02)
+
+
+def test_a_diverging_model_stops_alone_and_the_others_carry_on(digits):
+    configs = [gc.TrainConfig(steps=30, lr=lr, optimizer="momentum") for lr in (0.02, 1e4)]
+    calm, wild = train_many(gc.CNNConfig(depth=4, width=8, init="kaiming_normal", init_gain=2.0), configs, digits)
+    assert wild.diverged and wild.steps_done == wild.diverged_at < 30
+    assert not calm.diverged and calm.steps_done == 30
+    assert np.isfinite(calm.loss).all()
+
+
+def test_configurations_that_differ_in_more_than_lr_threshold_momentum_are_refused(digits):
+    configs = [gc.TrainConfig(lr=0.1), gc.TrainConfig(lr=0.1, batch_size=32)]
+    assert not can_train_together([MODEL, MODEL], configs)
+    with pytest.raises(ValueError, match="lr, clip_threshold and momentum"):
+        train_many(MODEL, configs, digits)
+
+
+@pytest.mark.parametrize("change", [{"optimizer": "adam"}, {"schedule": "step"}, {"clip": "agc"},
+                                    {"weight_decay": 1e-4}, {"max_weight_norm": 1.0}])
+def test_options_train_many_does_not_support_are_refused(change):
+    assert not can_train_together([MODEL, MODEL], [gc.TrainConfig(**change), gc.TrainConfig(**change)])
