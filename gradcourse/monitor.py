@@ -81,6 +81,10 @@ class LayerMonitor:
                 owner.append(index)
         device = self.params[0].device if self.params else torch.device("cpu")
         self._owner = torch.tensor(owner, dtype=torch.long, device=device)
+        # Norms are taken in float64: in float32 the squares of gradients below ~1e-19 underflow
+        # to 0, and a deep sigmoid network's first layers have gradients far smaller than that.
+        # (Apple's MPS has no float64; there the norms stay float32.)
+        self.norm_dtype = torch.float32 if device.type == "mps" else torch.float64
         self._previous: list[torch.Tensor] | None = None
         self._hooks: list = []
         self.collect_activations = True
@@ -134,9 +138,10 @@ class LayerMonitor:
 
     # -- gradients and weights ---------------------------------------------------------
     def _per_layer(self, tensors: list[torch.Tensor]) -> torch.Tensor:
-        squares = torch.stack(torch._foreach_norm(tensors)).float() ** 2
-        per_layer = torch.zeros(len(self.layers), device=squares.device).index_add_(0, self._owner, squares)
-        return per_layer.sqrt()
+        tensors = [t.to(self.norm_dtype) for t in tensors]
+        squares = torch.stack(torch._foreach_norm(tensors)) ** 2
+        per_layer = torch.zeros(len(self.layers), device=squares.device, dtype=squares.dtype)
+        return per_layer.index_add_(0, self._owner, squares).sqrt()
 
     def grad_norms(self) -> torch.Tensor:
         """Per-layer L2 norm of the current gradients (0 where a layer has no gradient)."""

@@ -250,7 +250,7 @@ class _Loop:
         n_act_rec = (steps + config.activation_every - 1) // config.activation_every
         per_step = torch.zeros(steps, 4, device=device)  # loss, grad norm before, after, clipped
         lrs = np.zeros(steps)
-        layer_stats = torch.zeros(n_rec, 3, n_layers, device=device)
+        layer_stats = torch.zeros(n_rec, 3, n_layers, device=device, dtype=self.monitor.norm_dtype)
         act_stats = torch.zeros(n_act_rec, n_act, len(ACTIVATION_STATS), device=device)
         hist_steps, hist_counts, hist_ranges = [], [], []
         evals: list[tuple[int, float, float, float]] = []
