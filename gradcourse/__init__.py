@@ -42,7 +42,9 @@ def __getattr__(name):
     import importlib
 
     module = importlib.import_module(f".{module_name}", __name__)
-    return module if name == module_name else getattr(module, name)
+    # ``gc.plots`` is the module; every other lazy name is a function or class inside one
+    # (``gc.sweep`` and ``gc.live_explorer`` share their module's name).
+    return module if name == "plots" else getattr(module, name)
 
 
 def __dir__():
