@@ -19,6 +19,12 @@ from .models import CNN, CNNConfig, build_model
 from .monitor import LayerMonitor
 from .record import Run
 from .train import TrainConfig, apply_max_norm, make_optimizer, make_scheduler, train
+# These three modules share a name with their main function, so they are imported here (each
+# defers matplotlib and ipywidgets to first use): a lazy import would leave the module, not the
+# function, bound to gradcourse.sweep once Python registers the submodule on the package.
+from .sweep import sweep
+from .static_explorer import StaticExplorer, static_explorer, sweep_explorer
+from .live_explorer import LiveExplorer, in_static_build, live_explorer
 
 __version__ = "0.1.0"
 
@@ -29,9 +35,6 @@ _LAZY = {
     "plot_gradient_flow": "plots", "plot_grad_norm_profile": "plots", "plot_activation_stats": "plots",
     "plot_activation_histograms": "plots", "plot_update_ratio": "plots", "plot_training_curves": "plots",
     "plot_clipping": "plots", "figure_to_png": "plots",
-    "sweep": "sweep",
-    "static_explorer": "static_explorer", "sweep_explorer": "static_explorer", "StaticExplorer": "static_explorer",
-    "live_explorer": "live_explorer", "LiveExplorer": "live_explorer", "in_static_build": "live_explorer",
 }
 
 
@@ -42,9 +45,7 @@ def __getattr__(name):
     import importlib
 
     module = importlib.import_module(f".{module_name}", __name__)
-    # ``gc.plots`` is the module; every other lazy name is a function or class inside one
-    # (``gc.sweep`` and ``gc.live_explorer`` share their module's name).
-    return module if name == "plots" else getattr(module, name)
+    return module if name == module_name else getattr(module, name)
 
 
 def __dir__():
@@ -54,5 +55,6 @@ __all__ = [
     "CNN", "CNNConfig", "ConfigError", "DataConfig", "DatasetUnavailable", "ImageData", "LayerMonitor", "Run",
     "TrainConfig", "adaptive_clip_grad_", "apply_max_norm", "available_devices", "available_offline",
     "build_model", "clip_gradients", "describe_device", "load_data", "make_optimizer", "make_scheduler",
-    "pick_device", "total_grad_norm", "train", "unitwise_norm", *sorted(_LAZY),
+    "pick_device", "total_grad_norm", "train", "unitwise_norm", "sweep", "StaticExplorer", "static_explorer",
+    "sweep_explorer", "LiveExplorer", "in_static_build", "live_explorer", *sorted(_LAZY),
 ]

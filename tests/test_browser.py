@@ -67,8 +67,8 @@ class Browser:
                 "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1200,1600",
                 f"--user-data-dir={profile_dir}"]
         options = {"binary": CHROMIUM, "args": args}
-        session = self._call("POST", "/session",
-                             {"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": options}}})
+        capabilities = {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": options}}
+        session = self._call("POST", "/session", {"capabilities": capabilities})
         self.session = f"/session/{session['sessionId']}"
 
     def _call(self, method: str, path: str, body: dict | None = None):
@@ -175,6 +175,37 @@ def test_two_blocks_on_one_page_move_independently(browser, tmp_path):
     assert after[0] == before[0], "moving the second block's slider changed the first block"
     assert after[1]["labels"] == ["0.01", "1"]
     assert after[1]["src"] != before[1]["src"]
+
+
+# How JupyterLab shows trusted HTML output: set innerHTML on a detached node, replace every
+# script by a fresh copy (so that it runs), then attach the node to the page.
+JUPYTERLAB_LIKE = """<!DOCTYPE html><html><body><script>
+var host = document.createElement("div");
+host.innerHTML = {source};
+Array.from(host.getElementsByTagName("script")).forEach(function (old) {{
+  var copy = document.createElement("script");
+  Array.from(old.attributes).forEach(function (a) {{ copy.setAttribute(a.name, a.value); }});
+  copy.textContent = old.textContent;
+  old.parentNode.replaceChild(copy, old);
+}});
+setTimeout(function () {{ document.body.appendChild(host); }}, 50);
+</script></body></html>"""
+
+
+def test_the_block_works_when_inserted_the_way_jupyterlab_does(browser, tmp_path):
+    page = tmp_path / "lab.html"
+    source = json.dumps(make_explorer(shade=120).html).replace("</", "<\\/")
+    page.write_text(JUPYTERLAB_LIKE.format(source=source))
+    browser.open(page)
+    deadline = time.monotonic() + 10
+    while not block_ids(browser) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (block,) = block_ids(browser)
+    before = browser.script(STATE, block)
+    assert before["disabled"] == [False, False] and not before["nojs"], "the script did not run"
+    browser.press(browser.find_all(f"#{block} input[type=range]")[0], ARROW_RIGHT)
+    after = browser.script(STATE, block)
+    assert after["labels"] == ["0.03", "off"] and after["src"] != before["src"]
 
 
 def built_pages_with_explorers() -> list[Path]:

@@ -2,6 +2,7 @@
 no display). Runs use tiny configurations so the whole file stays fast on two cores."""
 from __future__ import annotations
 
+import base64
 import io
 import json
 import re
@@ -24,12 +25,9 @@ TINY = gc.TrainConfig(steps=20, eval_every=10, eval_examples=128)
 
 
 @pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    """Every test gets an empty run cache of its own."""
-    monkeypatch.setenv("GRADCOURSE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("GRADCOURSE_PROGRESS", "0")
+def not_a_static_build(monkeypatch):
+    """Tests run as in Jupyter, even inside ``make book``'s environment."""
     monkeypatch.delenv("GRADCOURSE_STATIC_BUILD", raising=False)
-    return tmp_path / "cache"
 
 
 @pytest.fixture
@@ -127,12 +125,13 @@ def test_figures_are_rendered_at_one_size_and_closed():
     assert plt.get_fignums() == []
     from PIL import Image
 
-    sizes = {Image.open(io.BytesIO(__import__("base64").b64decode(image))).size for image in payload(block)["images"]}
+    sizes = {Image.open(io.BytesIO(base64.b64decode(image))).size for image in payload(block)["images"]}
     assert len(sizes) == 1
 
 
-def test_a_five_by_five_sweep_block_stays_well_under_two_megabytes():
-    run = gc.train(train_config=TINY, data="digits")
+@pytest.mark.slow
+def test_a_five_by_five_sweep_block_stays_well_under_two_megabytes(digits):
+    run = gc.train(train_config=TINY, data=digits)
     lrs, clips = [0.001, 0.003, 0.01, 0.03, 0.1], [None, 0.1, 0.3, 1.0, 3.0]
     # Distinct titles make 25 distinct images, as a real sweep would.
     frames = {(lr, c): explorer_figure(run, title=f"lr {lr}, clip {format_value(c)}") for lr in lrs for c in clips}
@@ -153,13 +152,13 @@ def test_sweep_trains_every_combination_keyed_in_grid_order():
             assert (run.train_config.clip, run.train_config.clip_threshold) == ("norm", threshold)
 
 
-def test_a_second_sweep_reads_every_run_from_the_disk_cache(private_cache):
+def test_a_second_sweep_reads_every_run_from_the_disk_cache(cache_dir):
     grid = {"depth": [2, 3], "lr": [0.05, 0.2]}
     first = sweep(grid, train_config=TINY)
-    files = {path: path.stat().st_mtime_ns for path in private_cache.glob("*.pkl")}
+    files = {path: path.stat().st_mtime_ns for path in cache_dir.glob("*.pkl")}
     assert len(files) == 4
     second = sweep(grid, train_config=TINY)
-    assert {path: path.stat().st_mtime_ns for path in private_cache.glob("*.pkl")} == files
+    assert {path: path.stat().st_mtime_ns for path in cache_dir.glob("*.pkl")} == files
     # A retrained run would have measured its own wall time; a cached one carries the first's.
     assert [run.seconds for run in second.values()] == [run.seconds for run in first.values()]
 
@@ -171,10 +170,10 @@ def test_a_second_sweep_reads_every_run_from_the_disk_cache(private_cache):
     ({"lr": [0.1, -1.0]}, r"TrainConfig.lr = -1.0 is out of range"),
     ({"image_size": [8, 16]}, "are data settings"),
 ])
-def test_a_bad_grid_is_refused_before_anything_trains(grid, message, private_cache):
+def test_a_bad_grid_is_refused_before_anything_trains(grid, message, cache_dir):
     with pytest.raises(gc.ConfigError, match=message):
         sweep(grid, train_config=TINY)
-    assert not list(private_cache.glob("*.pkl"))
+    assert not list(cache_dir.glob("*.pkl"))
 
 
 def test_sweep_explorer_has_a_slider_per_grid_field_with_readable_values():
@@ -282,6 +281,14 @@ def test_in_a_static_build_live_explorer_is_a_note_and_makes_no_widget(monkeypat
     assert isinstance(note, StaticBuildNote)
     assert "Colab" in note._repr_html_() and "Jupyter" in note._repr_html_()
     assert len(widget._instances) == before
+
+
+def test_an_explorer_displayed_in_a_static_build_shows_the_note(explorer, monkeypatch):
+    live = explorer()
+    assert "application/vnd.jupyter.widget-view+json" in live._repr_mimebundle_()
+    monkeypatch.setenv("GRADCOURSE_STATIC_BUILD", "1")
+    bundle = live._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" not in bundle and "Colab" in bundle["text/html"]
 
 
 def test_public_names():
