@@ -48,6 +48,61 @@ def monitor_overhead(repeats: int, steps: int) -> dict:
             "monitor_off_ms_per_step": 1000 * statistics.median(off) / steps}
 
 
+def slider_roundtrip(moves: int) -> dict:
+    """A live-explorer slider move to its final figure, default config: median and p90 over
+    ``moves`` distinct learning rates (none served from memory), and the time to the first
+    figure drawn while training."""
+    import numpy as np
+
+    from .live_explorer import LiveExplorer
+
+    explorer = LiveExplorer(start=False)
+    explorer.set(lr=0.5, wait=True)  # warm-up: first figure, font cache, thread start
+    totals, firsts = [], []
+    try:
+        for lr in np.geomspace(0.001, 0.3, moves):
+            frames = explorer.counts["frames"]
+            start = time.perf_counter()
+            explorer.set(lr=float(lr))
+            first = None
+            while not explorer.wait(timeout=0.005):
+                if first is None and explorer.counts["frames"] > frames:
+                    first = time.perf_counter() - start
+            total = time.perf_counter() - start
+            totals.append(total)
+            firsts.append(first if first is not None else total)
+    finally:
+        explorer.close()
+    return {"slider_roundtrip_median_s": float(np.median(totals)),
+            "slider_roundtrip_p90_s": float(np.percentile(totals, 90)),
+            "slider_first_view_median_s": float(np.median(firsts))}
+
+
+def sweep_speedup(repeats: int, steps: int, k: int = 8) -> dict:
+    """``k`` learning rates trained together (:func:`gradcourse.vectorized.train_many`) vs one
+    after another with :func:`gradcourse.train`, same steps, interleaved."""
+    import numpy as np
+
+    from .vectorized import train_many
+
+    data = load_data("digits")
+    model = CNNConfig()
+    configs = [TrainConfig(steps=steps, eval_every=steps, lr=float(lr)) for lr in np.geomspace(0.001, 0.3, k)]
+    train_many(model, configs[:2], data)  # warm-up
+    ratios, together, apart = [], [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        train_many(model, configs, data)
+        together.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        for config in configs:
+            train(model, config, data, progress=False)
+        apart.append(time.perf_counter() - start)
+        ratios.append(apart[-1] / together[-1])
+    return {f"sweep_speedup_{k}": statistics.median(ratios), "sweep_together_s": statistics.median(together),
+            "sweep_sequential_s": statistics.median(apart)}
+
+
 def matmul_flops(device: torch.device, size: int = 2048, repeats: int = 5) -> float:
     """FLOP/s of a large float32 matrix product on ``device`` (the practical peak)."""
     a = torch.randn(size, size, device=device)
@@ -135,7 +190,9 @@ def main(argv=None) -> dict:
         "cpu_threads": torch.get_num_threads(), "torch": torch.__version__, "gradcourse": __version__,
         "device": describe_device(device), "quick": args.quick,
     }
+    results.update(slider_roundtrip(3 if args.quick else 12))
     results.update(monitor_overhead(repeats, steps))
+    results.update(sweep_speedup(1 if args.quick else 3, 20 if args.quick else 200))
     results.update(training_flops(device, 5 if args.quick else 30))
     results.update(gpu_speedup(20 if args.quick else 200))
     if args.book:
