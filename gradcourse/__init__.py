@@ -23,6 +23,7 @@ from .train import TrainConfig, apply_max_norm, make_optimizer, make_scheduler, 
 # defers matplotlib and ipywidgets to first use): a lazy import would leave the module, not the
 # function, bound to gradcourse.sweep once Python registers the submodule on the package.
 from .sweep import sweep
+from .vectorized import can_train_together, train_many
 from .static_explorer import StaticExplorer, static_explorer, sweep_explorer
 from .live_explorer import LiveExplorer, in_static_build, live_explorer
 
@@ -56,5 +57,6 @@ __all__ = [
     "TrainConfig", "adaptive_clip_grad_", "apply_max_norm", "available_devices", "available_offline",
     "build_model", "clip_gradients", "describe_device", "load_data", "make_optimizer", "make_scheduler",
     "pick_device", "total_grad_norm", "train", "unitwise_norm", "sweep", "StaticExplorer", "static_explorer",
-    "sweep_explorer", "LiveExplorer", "in_static_build", "live_explorer", *sorted(_LAZY),
+    "sweep_explorer", "LiveExplorer", "in_static_build", "live_explorer", "train_many", "can_train_together",
+    *sorted(_LAZY),
 ]

@@ -79,7 +79,7 @@ def slider_roundtrip(moves: int) -> dict:
 
 
 def sweep_speedup(repeats: int, steps: int, k: int = 8) -> dict:
-    """``k`` learning rates trained together (:func:`gradcourse.vectorized.train_many`) vs one
+    """``k`` learning rates trained together (:func:`gradcourse.train_many`) vs one
     after another with :func:`gradcourse.train`, same steps, interleaved."""
     import numpy as np
 

@@ -32,7 +32,7 @@ def sweep(grid: dict[str, list], model_config: CNNConfig | None = None, train_co
         progress: show one progress bar over the configurations.
         device: where to train (default: :func:`gradcourse.pick_device`).
         together: train the grid points that differ only in ``lr``, ``clip_threshold`` or
-            ``momentum`` as one grouped network (:func:`gradcourse.vectorized.train_many`):
+            ``momentum`` as one grouped network (:func:`gradcourse.train_many`):
             faster, and equal to separate runs up to floating-point rounding. Such runs are
             cached under their own keys. Grid points that cannot share a network train alone.
 
