@@ -42,7 +42,7 @@ class TrainConfig:
         optimizer: ``sgd``, ``momentum`` (SGD with momentum), ``rmsprop``, ``adagrad``,
             ``adam`` or ``adamw``.
         lr: (peak) learning rate.
-        momentum: momentum for ``momentum`` and ``rmsprop``.
+        momentum: momentum for ``momentum`` (``rmsprop`` uses PyTorch's default, none).
         nesterov: Nesterov momentum (``momentum`` only).
         weight_decay: the optimizer's weight decay (an L2 penalty for SGD-family
             optimizers, decoupled for ``adamw``).
