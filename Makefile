@@ -33,7 +33,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q tests notebooks --nbval-lax $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	env -u OMP_NUM_THREADS $(BIN)/python -m gradcourse.bench $(BENCH_ARGS)
+	$(BIN)/python -m gradcourse.bench $(BENCH_ARGS)
 
 clean:
 	rm -rf _build .cache
