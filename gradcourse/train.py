@@ -234,13 +234,7 @@ class _Loop:
         self.hist_every = config.hist_every or every * max(1, round(config.steps / 40 / every))
 
     def batches(self):
-        n = len(self.data.y_train)
-        batch = min(self.config.batch_size, n)
-        while True:
-            order = torch.randperm(n, generator=self.generator).to(self.device)
-            for start in range(0, n - batch + 1, batch):
-                index = order[start:start + batch]
-                yield self.data.x_train[index], self.data.y_train[index]
+        return batch_stream(self.data, self.config.batch_size, self.generator)
 
     def run(self, keep_model: bool) -> Run:
         config, device = self.config, self.device
@@ -401,6 +395,18 @@ def make_scheduler(optimizer, config: TrainConfig):
         warmup = sched.LinearLR(optimizer, start_factor=1.0 / config.warmup_steps, total_iters=config.warmup_steps)
         return sched.SequentialLR(optimizer, [warmup, cosine], milestones=[config.warmup_steps])
     return None
+
+
+def batch_stream(data: ImageData, batch_size: int, generator: torch.Generator):
+    """Endless mini-batches: each epoch a fresh permutation drawn from ``generator`` (so the
+    seed fixes the order), the last incomplete batch of an epoch dropped."""
+    n = len(data.y_train)
+    batch = min(batch_size, n)
+    while True:
+        order = torch.randperm(n, generator=generator).to(data.device)
+        for start in range(0, n - batch + 1, batch):
+            index = order[start:start + batch]
+            yield data.x_train[index], data.y_train[index]
 
 
 @torch.no_grad()

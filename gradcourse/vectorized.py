@@ -31,7 +31,7 @@ from .data import ImageData
 from .models import CNN, CNNConfig, ConvBlock, build_model
 from .monitor import ACTIVATION_STATS
 from .record import Run
-from .train import TrainConfig
+from .train import TrainConfig, batch_stream
 
 VARYING = {"lr", "clip_threshold", "momentum"}
 
@@ -175,13 +175,7 @@ class _Together:
         return torch.stack(rows)
 
     def batches(self):
-        n = len(self.data.y_train)
-        batch = min(self.base.batch_size, n)
-        while True:
-            order = torch.randperm(n, generator=self.generator).to(self.device)
-            for start in range(0, n - batch + 1, batch):
-                index = order[start:start + batch]
-                yield self.data.x_train[index], self.data.y_train[index]
+        return batch_stream(self.data, self.base.batch_size, self.generator)
 
     def run(self) -> list[Run]:
         base, k, device = self.base, self.k, self.device
