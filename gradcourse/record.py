@@ -99,6 +99,12 @@ class Run:
         row = int(np.argmin(np.abs(self.stat_step - step)))
         return dict(zip(self.layer_names, self.layer_grad_norm[row].tolist()))
 
+    def grad_norm_ratio(self, step: int = 0, first: str = "conv1", last: str = "fc") -> float:
+        """Gradient norm of layer ``first`` over that of ``last`` at the recorded step closest to
+        ``step``: far below 1 when gradients vanish towards the input, far above when they explode."""
+        norms = self.grad_norm_at(step)
+        return norms[first] / norms[last]
+
     def summary(self) -> str:
         """One line: steps, final loss and accuracy, divergence and clipping."""
         state = f"diverged at step {self.diverged_at} ({self.diverged_reason})" if self.diverged else "finished"

@@ -416,3 +416,10 @@ def test_on_progress_receives_growing_partial_records(digits):
     for p in partial:
         assert np.array_equal(p.loss, run.loss[:p.steps_done])
         assert p.layer_grad_norm.shape == (p.steps_done, 4)
+
+
+def test_grad_norm_ratio_is_conv1_over_fc_at_the_recorded_step(digits):
+    run = gc.train(gc.CNNConfig(depth=3, width=4), gc.TrainConfig(steps=5), digits)
+    norms = run.grad_norm_at(3)
+    assert run.grad_norm_ratio(3) == norms["conv1"] / norms["fc"]
+    assert run.grad_norm_ratio(0, first="conv3", last="conv1") == run.grad_norm_at(0)["conv3"] / run.grad_norm_at(0)["conv1"]
