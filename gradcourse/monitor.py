@@ -17,6 +17,8 @@ from torch import nn
 
 ACTIVATION_STATS = ("mean", "std", "saturated", "dead")
 HIST_BINS = 32
+_FEW_LAYERS = 24  # up to this many layers, per-layer sums are cheaper than a segmented reduction
+HIST_SAMPLE = 16384  # activation values counted per histogram, at most (whole examples)
 
 # Where each activation's derivative is (nearly) zero, judged from its output y:
 # (test on y, per-channel test on (min, max) of y that says "flat for the whole batch").
@@ -80,7 +82,14 @@ class LayerMonitor:
                 self.params.append(p)
                 owner.append(index)
         device = self.params[0].device if self.params else torch.device("cpu")
-        self._owner = torch.tensor(owner, dtype=torch.long, device=device)
+        sizes = torch.tensor([p.numel() for p in self.params], dtype=torch.long)
+        owner_t = torch.tensor(owner, dtype=torch.long)
+        # Parameters of one layer are contiguous in the flat vectors (layers in order).
+        self._lengths = torch.zeros(len(self.layers), dtype=torch.long).index_add_(0, owner_t, sizes).to(device)
+        self._element_owner = torch.repeat_interleave(owner_t, sizes)
+        self._length_list = self._lengths.tolist()
+        self._rows: torch.Tensor | None = None  # flat gradients, weights, update (begin_step/end_step)
+        self._stepping = False
         # Norms are taken in float64: in float32 the squares of gradients below ~1e-19 underflow
         # to 0, and a deep sigmoid network's first layers have gradients far smaller than that.
         # (Apple's MPS has no float64; there the norms stay float32.)
@@ -116,12 +125,18 @@ class LayerMonitor:
             if not (self.collect_activations and torch.is_grad_enabled()):
                 return
             y = output.detach()
-            # One pass each for sum, sum of squares and the flat count: std_mean and
-            # multi-dimension boolean reductions cost ten times more on a CPU.
+            # A few single passes: std_mean costs ten times more on a CPU, and summing a
+            # boolean tensor first converts it to int64 (count_nonzero does not). Values are
+            # shifted by an estimate of the mean, so the variance of a layer stuck near 0.5
+            # with a tiny spread does not cancel away in float32.
             n = y.numel()
-            mean = y.sum() / n
-            var = ((y * y).sum() / n - mean * mean).clamp_min(0.0)
-            saturated = flat_region(y).sum() / n
+            flat = y.reshape(-1)
+            shift = flat[:256].mean()
+            centred = flat - shift
+            offset = centred.sum() / n
+            mean = shift + offset
+            var = (torch.dot(centred, centred) / n - offset * offset).clamp_min(0.0)
+            saturated = torch.count_nonzero(flat_region(y)) / n
             channel_dims = tuple(d for d in range(y.ndim) if d != 1) if y.ndim > 1 else (0,)
             low, high = y.amin(dim=channel_dims), y.amax(dim=channel_dims)
             dead = flat_channel(low, high).float().mean()
@@ -131,40 +146,92 @@ class LayerMonitor:
                 # fixed, e.g. for ReLU), so a sigmoid layer stuck near 0.5 is still resolved.
                 lo, hi = float(low.min()), float(high.max())
                 hi = max(hi, lo + 1e-6)
-                self.histograms[index] = torch.histc(y.float().clamp(lo, hi), HIST_BINS, lo, hi)
+                # Counted on the first examples of the batch (HIST_SAMPLE values at most):
+                # the figure shows fractions, and the full batch costs 4x more per step.
+                per_example = max(1, n // max(1, len(y)))
+                sample = y[:max(1, HIST_SAMPLE // per_example)] if y.ndim else y
+                self.histograms[index] = _histogram(sample, lo, hi)
                 self.histogram_ranges[index, 0], self.histogram_ranges[index, 1] = lo, hi
 
         return hook
 
     # -- gradients and weights ---------------------------------------------------------
-    def _per_layer(self, tensors: list[torch.Tensor]) -> torch.Tensor:
-        tensors = [t.to(self.norm_dtype) for t in tensors]
-        squares = torch.stack(torch._foreach_norm(tensors)) ** 2
-        per_layer = torch.zeros(len(self.layers), device=squares.device, dtype=squares.dtype)
-        return per_layer.index_add_(0, self._owner, squares).sqrt()
+    # A model has a few tensors per layer, most of them small, so the cost of per-layer
+    # norms is the number of kernel calls, not the arithmetic. The methods below therefore
+    # copy the tensors into one flat row (``torch.cat``), square the rows in norm_dtype and
+    # sum them per layer: a handful of calls instead of several per tensor.
+    def _flat(self, tensors, out: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.cat([t.detach().reshape(-1) for t in tensors], out=out)
+
+    def _grads(self) -> list[torch.Tensor]:
+        return [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+
+    def _layer_norms(self, rows: torch.Tensor) -> torch.Tensor:
+        """Per-layer L2 norms of each row of ``rows`` (``(k, n_params)`` flat vectors)."""
+        squares = rows.to(self.norm_dtype).square_()
+        k = rows.shape[0]
+        if len(self._length_list) <= _FEW_LAYERS:  # one sum per layer beats a segmented reduction
+            return torch.stack([part.sum(1) for part in squares.split(self._length_list, 1)], 1).sqrt_()
+        if squares.device.type == "mps":  # no segment_reduce there
+            owner = self._element_owner.to(squares.device)
+            sums = torch.zeros(k, len(self.layers), dtype=squares.dtype, device=squares.device)
+            return sums.index_add_(1, owner, squares).sqrt_()
+        lengths = self._lengths.to(squares.device).expand(k, -1)
+        return torch.segment_reduce(squares, "sum", lengths=lengths, axis=1).sqrt_()
 
     def grad_norms(self) -> torch.Tensor:
         """Per-layer L2 norm of the current gradients (0 where a layer has no gradient)."""
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        return self._per_layer(grads)
+        return self._layer_norms(self._flat(self._grads())[None])[0]
 
     def weight_norms(self) -> torch.Tensor:
         """Per-layer L2 norm of the parameters."""
-        return self._per_layer([p.detach() for p in self.params])
+        return self._layer_norms(self._flat(self.params)[None])[0]
 
     def snapshot_weights(self) -> None:
         """Remember the parameters, so :meth:`update_ratios` can measure the next update."""
-        self._previous = torch._foreach_mul([p.detach() for p in self.params], 1.0)
+        self._previous = self._flat(self.params)
 
     def update_ratios(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per layer ``(||W_before||, ||W_after - W_before|| / ||W_before||)`` since :meth:`snapshot_weights`."""
         if self._previous is None:
             raise RuntimeError("call snapshot_weights() before the optimizer step, then update_ratios() after it")
-        deltas = torch._foreach_sub([p.detach() for p in self.params], self._previous)
-        before = self._per_layer(self._previous)
+        before = self._previous
         self._previous = None
-        return before, self._per_layer(deltas) / before.clamp_min(1e-12)
+        norms = self._layer_norms(torch.stack([before, self._flat(self.params).sub_(before)]))
+        return norms[0], norms[1] / norms[0].clamp_min(1e-12)
+
+    def begin_step(self) -> None:
+        """Call after ``backward()`` and before the optimizer step (and before any gradient
+        clipping, to see the raw gradients): copies the gradients and the weights."""
+        first = self.params[0]
+        if self._rows is None or self._rows.device != first.device:
+            self._rows = torch.empty(3, int(self._lengths.sum()), dtype=first.dtype, device=first.device)
+        self._flat(self._grads(), out=self._rows[0])
+        self._flat(self.params, out=self._rows[1])
+        self._stepping = True
+
+    def end_step(self) -> torch.Tensor:
+        """Call after the optimizer step: a ``(3, n_layers)`` tensor of per-layer gradient
+        norms, weight norms (before the step) and update ratios, from one reduction. This is
+        what :func:`gradcourse.train` records every step; it equals :meth:`grad_norms`,
+        :meth:`snapshot_weights` and :meth:`update_ratios` called in turn."""
+        if not self._stepping:
+            raise RuntimeError("call begin_step() after backward(), then end_step() after the optimizer step")
+        self._stepping = False
+        rows = self._rows
+        self._flat(self.params, out=rows[2]).sub_(rows[1])
+        norms = self._layer_norms(rows)
+        norms[2] /= norms[1].clamp_min(1e-12)
+        return norms
 
     def grad_norms_dict(self) -> "OrderedDict[str, float]":
         """Per-layer gradient norms as ``{layer name: float}``, handy for logging."""
         return OrderedDict(zip(self.layer_names, self.grad_norms().tolist()))
+
+
+def _histogram(y: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    """Counts of ``y`` in ``HIST_BINS`` equal bins over ``[lo, hi]`` (values outside go to the
+    end bins), the same counts as ``torch.histc`` on the clamped values at half its cost on a
+    CPU: one scaled copy and a ``bincount``."""
+    index = (y.detach().float() - lo).mul_(HIST_BINS).div_(hi - lo).clamp_(0, HIST_BINS - 1)
+    return torch.bincount(index.to(torch.int64).view(-1), minlength=HIST_BINS).to(torch.float32)

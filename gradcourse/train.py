@@ -267,7 +267,7 @@ class _Loop:
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if record:
-                    layer_stats[step // config.record_every, 0] = self.monitor.grad_norms()
+                    self.monitor.begin_step()
                 before, after, fired = clip_gradients(self.params, config.clip, config.clip_threshold,
                                                       self.agc_params)
                 per_step[step] = torch.stack([loss.detach(), before, after, fired.float()]).to(device)
@@ -275,14 +275,11 @@ class _Loop:
                     self.diverged_at = step
                     self.reason = "loss is not finite" if not math.isfinite(float(loss.detach())) else "gradient is not finite"
                     break
-                if record:
-                    self.monitor.snapshot_weights()
                 self.optimizer.step()
                 if config.max_weight_norm is not None:
                     apply_max_norm(self.constrained, config.max_weight_norm)
                 if record:
-                    row = step // config.record_every
-                    layer_stats[row, 1], layer_stats[row, 2] = self.monitor.update_ratios()
+                    layer_stats[step // config.record_every] = self.monitor.end_step()
                 if record_act:
                     act_stats[step // config.activation_every] = self.monitor.activation_stats
                     if self.monitor.collect_histograms:

@@ -218,6 +218,22 @@ def test_frames_are_shown_while_training(explorer):
     assert shown[-1] == live.png
 
 
+def test_the_first_frame_is_drawn_early_and_later_ones_wait_for_the_interval(explorer):
+    live = explorer(progress_every=5, frame_interval=1e9)
+    live.set(steps=30, wait=True)
+    assert live.counts["frames"] == 1  # the first look at the partial run, then only the final figure
+
+
+def test_the_default_live_run_learns_and_fails_at_a_tenfold_learning_rate(digits):
+    from gradcourse.live_explorer import LIVE_MODEL, LIVE_TRAIN
+
+    assert LIVE_TRAIN.steps <= 100  # sized to retrain within a second: see BENCHMARKS.md
+    good = gc.train(LIVE_MODEL, LIVE_TRAIN, digits, device="cpu", progress=False)
+    high = gc.train(LIVE_MODEL, LIVE_TRAIN, digits, device="cpu", progress=False, lr=10 * LIVE_TRAIN.lr)
+    assert good.final_val_acc > 0.4 and not good.diverged
+    assert high.diverged or high.final_val_acc < 0.2
+
+
 def test_clip_off_and_on(explorer):
     live = explorer()
     run = live.set(clip_threshold=0.5, clip="norm", wait=True)
