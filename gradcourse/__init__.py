@@ -16,7 +16,7 @@ from .clipping import adaptive_clip_grad_, clip_gradients, total_grad_norm, unit
 from .data import DataConfig, DatasetUnavailable, ImageData, available_offline, load_data
 from .device import available_devices, describe_device, pick_device
 from .models import CNN, CNNConfig, build_model
-from .monitor import LayerMonitor
+from .monitor import LayerMonitor, backward_signal
 from .record import Run
 from .train import TrainConfig, apply_max_norm, make_optimizer, make_scheduler, train
 # These three modules share a name with their main function, so they are imported here (each
@@ -54,7 +54,7 @@ def __dir__():
 
 __all__ = [
     "CNN", "CNNConfig", "ConfigError", "DataConfig", "DatasetUnavailable", "ImageData", "LayerMonitor", "Run",
-    "TrainConfig", "adaptive_clip_grad_", "apply_max_norm", "available_devices", "available_offline",
+    "TrainConfig", "backward_signal", "adaptive_clip_grad_", "apply_max_norm", "available_devices", "available_offline",
     "build_model", "clip_gradients", "describe_device", "load_data", "make_optimizer", "make_scheduler",
     "pick_device", "total_grad_norm", "train", "unitwise_norm", "sweep", "StaticExplorer", "static_explorer",
     "sweep_explorer", "LiveExplorer", "in_static_build", "live_explorer", "train_many", "can_train_together",

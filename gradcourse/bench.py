@@ -78,29 +78,58 @@ def slider_roundtrip(moves: int) -> dict:
             "slider_first_view_median_s": float(np.median(firsts))}
 
 
-def sweep_speedup(repeats: int, steps: int, k: int = 8) -> dict:
+def sweep_speedup(repeats: int, steps: int, k: int = 8, threads: int | None = None) -> dict:
     """``k`` learning rates trained together (:func:`gradcourse.train_many`) vs one
-    after another with :func:`gradcourse.train`, same steps, interleaved."""
+    after another with :func:`gradcourse.train`, same steps, interleaved, both with
+    ``threads`` torch threads (default: the process's setting). Also the bound no
+    implementation can beat: the sequential time over the time the FLOPs of the ``k`` runs
+    take at the matmul peak measured with the same threads."""
     import numpy as np
 
     from .vectorized import train_many
 
-    data = load_data("digits")
-    model = CNNConfig()
-    configs = [TrainConfig(steps=steps, eval_every=steps, lr=float(lr)) for lr in np.geomspace(0.001, 0.3, k)]
-    train_many(model, configs[:2], data)  # warm-up
-    ratios, together, apart = [], [], []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        train_many(model, configs, data)
-        together.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        for config in configs:
-            train(model, config, data, progress=False)
-        apart.append(time.perf_counter() - start)
-        ratios.append(apart[-1] / together[-1])
-    return {f"sweep_speedup_{k}": statistics.median(ratios), "sweep_together_s": statistics.median(together),
-            "sweep_sequential_s": statistics.median(apart)}
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        data = load_data("digits")
+        model = CNNConfig()
+        configs = [TrainConfig(steps=steps, eval_every=steps, lr=float(lr)) for lr in np.geomspace(0.001, 0.3, k)]
+        train_many(model, configs, data)  # warm-up: the grouped kernels for these shapes
+        train(model, configs[0], data, progress=False)
+        ratios, together, apart = [], [], []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            train_many(model, configs, data)
+            together.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            for config in configs:
+                train(model, config, data, progress=False)
+            apart.append(time.perf_counter() - start)
+            ratios.append(apart[-1] / together[-1])
+        flops = k * steps * _step_flops(model, data)
+        at_peak = flops / matmul_flops(torch.device("cpu"))
+    finally:
+        torch.set_num_threads(previous)
+    suffix = "" if threads is None else "_all_cores"
+    return {f"sweep_speedup_{k}{suffix}": statistics.median(ratios),
+            f"sweep_together_s{suffix}": statistics.median(together),
+            f"sweep_sequential_s{suffix}": statistics.median(apart),
+            f"sweep_speedup_{k}_bound{suffix}": statistics.median(apart) / at_peak}
+
+
+def _step_flops(model_config: CNNConfig, data, batch: int | None = None) -> int:
+    """FLOPs of one forward+backward+SGD step (default batch size), counted by torch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build_model(model_config, data).to(data.device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    n = batch or TrainConfig().batch_size
+    with FlopCounterMode(display=False) as counter:
+        loss = torch.nn.functional.cross_entropy(model(data.x_train[:n]), data.y_train[:n])
+        loss.backward()
+        optimizer.step()
+    return counter.get_total_flops()
 
 
 def matmul_flops(device: torch.device, size: int = 2048, repeats: int = 5) -> float:
@@ -121,8 +150,6 @@ def matmul_flops(device: torch.device, size: int = 2048, repeats: int = 5) -> fl
 def training_flops(device: torch.device, steps: int) -> dict:
     """Achieved FLOP/s of forward+backward+SGD on the 28x28 configuration, and its share of the
     matmul peak measured right after. FLOPs per step are counted by torch's FlopCounterMode."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     data = load_data("digits", image_size=THROUGHPUT_IMAGE, device=device)
     model = build_model(THROUGHPUT_MODEL, data).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -134,9 +161,7 @@ def training_flops(device: torch.device, steps: int) -> dict:
         loss.backward()
         optimizer.step()
 
-    with FlopCounterMode(display=False) as counter:
-        step()
-    flops_per_step = counter.get_total_flops()
+    flops_per_step = _step_flops(THROUGHPUT_MODEL, data, batch=len(y))
     for _ in range(3):
         step()
     _sync(device)
@@ -193,6 +218,8 @@ def main(argv=None) -> dict:
     results.update(slider_roundtrip(3 if args.quick else 12))
     results.update(monitor_overhead(repeats, steps))
     results.update(sweep_speedup(1 if args.quick else 3, 20 if args.quick else 200))
+    if (os.cpu_count() or 1) > 1:
+        results.update(sweep_speedup(1 if args.quick else 3, 20 if args.quick else 200, threads=os.cpu_count()))
     results.update(training_flops(device, 5 if args.quick else 30))
     results.update(gpu_speedup(20 if args.quick else 200))
     if args.book:

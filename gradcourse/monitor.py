@@ -50,6 +50,37 @@ def default_activations(model: nn.Module) -> "OrderedDict[str, nn.Module]":
     return OrderedDict((name, m) for name, m in model.named_modules() if type(m) in _FLAT_REGION)
 
 
+def backward_signal(model: nn.Module, x: torch.Tensor, y: torch.Tensor, modules=None):
+    """``||dloss/d(output)||`` of each module in ``modules``, from one forward and backward
+    pass of the cross-entropy loss on ``(x, y)``: how much gradient signal reaches each point
+    of the network on its way back (the gradient with respect to the module's *output*, not
+    its weights).
+
+    ``modules`` defaults to :func:`default_layers` (the convolutions and ``fc``); the norms
+    come in forward order (input side first) and are taken in float64. The model's parameter
+    gradients are accumulated as by any backward pass; forward hooks read the outputs and
+    are removed before returning. Returns a NumPy array.
+    """
+    import numpy as np
+    import torch.nn.functional as F
+
+    modules = list((modules if modules is not None else default_layers(model)).values()
+                   if isinstance(modules, Mapping) or modules is None else modules)
+    outputs: list[torch.Tensor] = []
+
+    def keep(module, inputs, output):
+        output.retain_grad()
+        outputs.append(output)
+
+    hooks = [m.register_forward_hook(keep) for m in modules]
+    try:
+        F.cross_entropy(model(x), y).backward()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return np.array([float(torch.linalg.vector_norm(out.grad, dtype=torch.float64)) for out in outputs])
+
+
 class LayerMonitor:
     """Collects per-layer statistics from a model while it trains.
 

@@ -3,8 +3,9 @@
 A learning-rate or clip-threshold sweep trains K copies of the same architecture on the
 same batches. Rather than K small networks one after another, :func:`train_many` builds
 one network whose convolutions have ``groups=K``: group ``k`` holds model ``k``'s
-weights, so the models never mix, but every layer runs as one larger (and on a CPU much
-more efficient) kernel. Each model keeps its own learning rate, clip threshold, gradient
+weights, so the models never mix, but every layer runs as one larger kernel (in
+channels-last layout, where a CPU's grouped convolution runs at about its matrix-multiply
+peak; see BENCHMARKS.md for what that buys and what bounds it). Each model keeps its own learning rate, clip threshold, gradient
 norms, divergence step and record; the records match :func:`gradcourse.train`'s for the
 same configurations up to floating-point rounding (a test checks it).
 
@@ -82,9 +83,12 @@ class WideCNN(nn.Module):
             self.fc.weight.copy_(torch.cat([m.fc.weight for m in models]).unsqueeze(-1))
             self.fc.bias.copy_(torch.cat([m.fc.bias for m in models]))
         self.layer_modules = list(self.blocks) + [self.fc]
+        # Grouped convolutions are slower than K separate ones in NCHW on a CPU, and reach the
+        # matrix-multiply peak in channels-last (NHWC) layout: keep weights and activations so.
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, x):
-        x = x.repeat(1, self.k, 1, 1)
+        x = x.repeat(1, self.k, 1, 1).contiguous(memory_format=torch.channels_last)
         for name, block in zip(self.names, self.blocks):
             out = block.act(block.norm(block.conv(x)))
             x = x + block.residual_scale * out if block.residual else out
@@ -142,6 +146,7 @@ class _Together:
                                      device=device)
         self.layer_params = [list(m.parameters()) for m in wide.layer_modules]
         self.params = [p for group in self.layer_params for p in group]
+        self.layer_sizes = [sum(p.numel() // self.k for p in group) for group in self.layer_params]
         self.buffers = [torch.zeros_like(p) for p in self.params]
         self.generator = torch.Generator().manual_seed(base.seed)
         self.alive = torch.ones(self.k, dtype=torch.bool, device=device)
@@ -156,23 +161,26 @@ class _Together:
                 return
             y = output.detach()
             b, c = y.shape[:2]
-            per_model = y.view(b, self.k, c // self.k, -1).transpose(0, 1).reshape(self.k, -1)
-            mean = per_model.mean(1)
-            std = per_model.std(1, correction=0)
-            flat = _flat(module, per_model).float().mean(1)
-            channels = y.view(b, self.k, c // self.k, -1)
-            low, high = channels.amin(dim=(0, 3)), channels.amax(dim=(0, 3))
+            k = self.k
+            # (positions, K, C) without a copy: the activations are channels-last.
+            per_model = y.permute(0, 2, 3, 1).reshape(-1, k, c // k)
+            n = per_model.shape[0] * per_model.shape[2]
+            shift = per_model[:4].mean(dim=(0, 2), keepdim=True)  # as in LayerMonitor: no cancellation
+            centred = per_model - shift
+            offset = centred.sum(dim=(0, 2)) / n
+            var = ((centred * centred).sum(dim=(0, 2)) / n - offset * offset).clamp_min(0.0)
+            flat = torch.count_nonzero(_flat(module, per_model), dim=(0, 2)) / n
+            low, high = per_model.amin(dim=0), per_model.amax(dim=0)  # (K, channels per model)
             dead = _flat_channel(module, low, high).float().mean(1)
-            self.act_stats[index] = torch.stack([mean, std, flat, dead], dim=1)
+            self.act_stats[index] = torch.stack([shift.view(k) + offset, var.sqrt(), flat, dead], dim=1)
         return hook
 
     def per_model_norms(self, tensors_by_layer) -> torch.Tensor:
-        """(layers, K) norms, treating dim 0 of every tensor as K model blocks."""
-        rows = []
-        for tensors in tensors_by_layer:
-            squares = sum(t.reshape(self.k, -1).pow(2).sum(1) for t in tensors)
-            rows.append(squares.sqrt())
-        return torch.stack(rows)
+        """(layers, K) norms, treating dim 0 of every tensor as K model blocks: one copy into a
+        (K, parameters per model) matrix, then a sum per layer."""
+        flat = torch.cat([_blocks(t, self.k) for tensors in tensors_by_layer for t in tensors], dim=1)
+        squares = flat.square_()
+        return torch.stack([part.sum(1) for part in squares.split(self.layer_sizes, 1)]).sqrt_()
 
     def batches(self):
         return batch_stream(self.data, self.base.batch_size, self.generator)
@@ -226,10 +234,10 @@ class _Together:
                 updates = []
                 for p, buffer in zip(self.params, self.buffers):
                     # A diverged model's gradient may hold NaN: zero it, its learning rate is 0 now.
-                    grad = torch.nan_to_num(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
-                    buffer.view(k, -1).mul_(self.momentum.view(k, 1)).add_(grad.view(k, -1))
-                    update = buffer.view(k, -1) * step_lr.view(k, 1)
-                    p.view(k, -1).sub_(update)
+                    grad = torch.nan_to_num(_blocks(p.grad, k), nan=0.0, posinf=0.0, neginf=0.0)
+                    momentum_buffer = _blocks(buffer, k).mul_(self.momentum.view(k, 1)).add_(grad)
+                    update = momentum_buffer * step_lr.view(k, 1)
+                    _blocks(p.data, k).sub_(update)
                     updates.append(update)
             ratios = self._update_norms(updates) / weights_before.clamp_min(1e-12)
             row_alive = self.alive.view(1, k)
@@ -258,7 +266,7 @@ class _Together:
         fired = torch.zeros(k, dtype=torch.bool, device=self.device)
         with torch.no_grad():
             for p in self.params:
-                g = p.grad.view(k, -1)
+                g = _blocks(p.grad, k)
                 if self.base.clip == "norm":
                     g.mul_(scale.view(k, 1))
                 elif self.base.clip == "value":
@@ -270,12 +278,7 @@ class _Together:
         return fired
 
     def _update_norms(self, updates) -> torch.Tensor:
-        rows, index = [], 0
-        for group in self.layer_params:
-            squares = sum(updates[index + j].pow(2).sum(1) for j in range(len(group)))
-            index += len(group)
-            rows.append(squares.sqrt())
-        return torch.stack(rows)
+        return self.per_model_norms([updates])
 
     @torch.no_grad()
     def _evaluate(self, final: bool):
@@ -340,3 +343,16 @@ def _flat_channel(module, low, high):
     if isinstance(module, nn.Tanh):
         return (high < -0.99) | (low > 0.99)
     return high <= 0
+
+
+def _blocks(t: torch.Tensor, k: int) -> torch.Tensor:
+    """``t`` as a ``(k, numel / k)`` view whose row ``i`` holds model ``i``'s entries (dim 0 is
+    the model-major dimension). Works for channels-last tensors too: their dim 0 is still
+    outermost in memory, so each model's block is one contiguous run (in another order,
+    which sums and elementwise updates do not see)."""
+    if t.is_contiguous():
+        return t.view(k, -1)
+    if not (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)):
+        raise ValueError(f"a tensor of shape {tuple(t.shape)} and strides {t.stride()} has no per-model blocks")
+    size = t.numel() // k
+    return t.as_strided((k, size), (size, 1), t.storage_offset())

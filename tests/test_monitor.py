@@ -206,3 +206,90 @@ def test_monitor_accepts_explicit_layers_and_activations():
     model = nn.Sequential(nn.Linear(3, 5), nn.Sigmoid(), nn.Linear(5, 2))
     monitor = gc.LayerMonitor(model, layers={"hidden": model[0]}, activations={"squash": model[1]})
     assert monitor.layer_names == ["hidden"] and monitor.activation_names == ["squash"]
+
+
+# -- one flat copy per step, and the helpers built on the same hooks ---------------------
+
+@pytest.mark.parametrize("depth", [3, 30])  # few layers: a sum per layer; many: a segmented reduction
+def test_begin_and_end_step_equal_grad_norms_snapshot_and_update_ratios(digits, depth):
+    from gradcourse.monitor import _FEW_LAYERS
+
+    torch.manual_seed(2)
+    model = gc.build_model(gc.CNNConfig(depth=depth, width=4, norm="batch"), digits)
+    assert (depth + 1 > _FEW_LAYERS) == (depth == 30)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x, y = one_batch(digits)
+    with gc.LayerMonitor(model) as monitor:
+        for _ in range(2):  # the second step has a momentum buffer: the update is not just -lr * grad
+            optimizer.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            expected_grads = manual_layer_grad_norms(model, model.layers(), loss)
+            loss.backward()
+            monitor.begin_step()
+            monitor.snapshot_weights()
+            grads = monitor.grad_norms()
+            optimizer.step()
+            weights, ratios = monitor.update_ratios()
+            together = monitor.end_step()
+    assert together.shape == (3, depth + 1)
+    assert torch.allclose(grads, expected_grads, rtol=1e-6)
+    assert torch.allclose(together[0], grads, rtol=1e-12)
+    assert torch.allclose(together[1], weights, rtol=1e-12) and torch.allclose(together[2], ratios, rtol=1e-12)
+
+
+def test_end_step_without_begin_step_raises_a_helpful_error():
+    monitor = gc.LayerMonitor(gc.build_model(gc.CNNConfig(depth=2, width=4)))
+    with pytest.raises(RuntimeError, match="begin_step"):
+        monitor.end_step()
+
+
+def test_histograms_of_a_large_batch_count_whole_examples_up_to_the_sample_size(digits):
+    from gradcourse.monitor import HIST_SAMPLE
+
+    model = gc.build_model(gc.CNNConfig(depth=1, width=16), digits)
+    outputs = []
+    hook = model.conv1.act.register_forward_hook(lambda m, i, o: outputs.append(o.detach()))
+    with gc.LayerMonitor(model) as monitor:
+        monitor.collect_histograms = True
+        model(digits.x_train[:64])
+    hook.remove()
+    per_example = 16 * 8 * 8
+    counted = (HIST_SAMPLE // per_example) * per_example
+    assert 0 < counted < 64 * per_example
+    assert monitor.histograms[0].sum().item() == counted
+    lo, hi = float(outputs[0].min()), float(outputs[0].max())  # the range still covers the whole batch
+    assert monitor.histogram_ranges[0].tolist() == pytest.approx([lo, hi])
+    expected = torch.histc(outputs[0][:HIST_SAMPLE // per_example], gc.monitor.HIST_BINS, lo, hi)
+    assert torch.equal(monitor.histograms[0], expected)
+
+
+def test_a_tiny_spread_around_one_half_is_measured_without_cancellation():
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(20, 50), nn.Sigmoid())
+    with torch.no_grad():
+        model[0].weight.mul_(1e-4)
+        model[0].bias.zero_()
+    x = torch.randn(256, 20)
+    with gc.LayerMonitor(model, layers={"0": model[0]}) as monitor:
+        out = model(x)
+    reference = out.detach().double()
+    assert float(reference.std()) < 1e-3  # sigmoid outputs within about 1e-4 of 0.5
+    assert float(monitor.activation_stats[0, 0]) == pytest.approx(float(reference.mean()), abs=1e-7)
+    assert float(monitor.activation_stats[0, 1]) == pytest.approx(float(reference.std(unbiased=False)), rel=1e-3)
+
+
+def test_backward_signal_is_the_norm_of_the_loss_gradient_with_respect_to_each_output(digits):
+    torch.manual_seed(6)
+    model = gc.build_model(gc.CNNConfig(depth=4, width=8, activation="tanh"), digits)
+    x, y = one_batch(digits)
+    outputs = []
+    hooks = [layer.register_forward_hook(lambda m, i, o: outputs.append(o)) for layer in model.layers().values()]
+    loss = F.cross_entropy(model(x), y)
+    for hook in hooks:
+        hook.remove()
+    expected = [float(g.double().norm()) for g in torch.autograd.grad(loss, outputs)]
+    measured = gc.backward_signal(model, x, y)  # default: model.layers(), input side first
+    assert measured == pytest.approx(expected, rel=1e-6)
+    assert all(len(layer._forward_hooks) == 0 for layer in model.layers().values())
+    convs = [model.conv1, model.conv2]
+    assert gc.backward_signal(model, x, y, convs) == pytest.approx(expected[:2], rel=1e-6)
