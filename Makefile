@@ -26,7 +26,7 @@ $(STAMP): requirements.txt pyproject.toml
 
 book: $(STAMP)
 	@# Notebooks built into the static book show precomputed sliders, not kernel-bound widgets.
-	GRADCOURSE_STATIC_BUILD=1 $(BIN)/jupyter-book build -W -n --keep-going .
+	GRADCOURSE_STATIC_BUILD=1 $(BIN)/jupyter-book build --all -W -n --keep-going .
 	@echo "Book: $(CURDIR)/_build/html/index.html"
 
 test: $(STAMP)

@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -32,20 +31,19 @@ THROUGHPUT_IMAGE = 28
 
 
 def monitor_overhead(repeats: int, steps: int) -> dict:
-    """Time with per-step monitoring / time without, same config and seed, interleaved."""
+    """Time with per-step monitoring / time without, same config and seed: the best of
+    ``repeats`` runs of each, alternating which goes first (on a shared machine the fastest
+    run is the least disturbed one, as ``timeit`` advises)."""
     data = load_data("digits")
     config = TrainConfig(steps=steps, eval_every=steps)
     train(train_config=TrainConfig(steps=10), data=data, progress=False)  # warm-up
-    ratios, on, off = [], [], []
-    for _ in range(repeats):
-        with_monitor = train(train_config=config, data=data, progress=False).seconds
-        without = train(train_config=config, data=data, monitor=False, progress=False).seconds
-        on.append(with_monitor)
-        off.append(without)
-        ratios.append(with_monitor / without)
-    return {"monitor_overhead_ratio": statistics.median(ratios),
-            "monitor_on_ms_per_step": 1000 * statistics.median(on) / steps,
-            "monitor_off_ms_per_step": 1000 * statistics.median(off) / steps}
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for repeat in range(repeats):
+        for monitor in ((True, False) if repeat % 2 == 0 else (False, True)):
+            times[monitor].append(train(train_config=config, data=data, monitor=monitor, progress=False).seconds)
+    on, off = min(times[True]), min(times[False])
+    return {"monitor_overhead_ratio": on / off,
+            "monitor_on_ms_per_step": 1000 * on / steps, "monitor_off_ms_per_step": 1000 * off / steps}
 
 
 def slider_roundtrip(moves: int) -> dict:
@@ -80,7 +78,7 @@ def slider_roundtrip(moves: int) -> dict:
 
 def sweep_speedup(repeats: int, steps: int, k: int = 8, threads: int | None = None) -> dict:
     """``k`` learning rates trained together (:func:`gradcourse.train_many`) vs one
-    after another with :func:`gradcourse.train`, same steps, interleaved, both with
+    after another with :func:`gradcourse.train`, same steps, best of ``repeats``, both with
     ``threads`` torch threads (default: the process's setting). Also the bound no
     implementation can beat: the sequential time over the time the FLOPs of the ``k`` runs
     take at the matmul peak measured with the same threads."""
@@ -97,25 +95,24 @@ def sweep_speedup(repeats: int, steps: int, k: int = 8, threads: int | None = No
         configs = [TrainConfig(steps=steps, eval_every=steps, lr=float(lr)) for lr in np.geomspace(0.001, 0.3, k)]
         train_many(model, configs, data)  # warm-up: the grouped kernels for these shapes
         train(model, configs[0], data, progress=False)
-        ratios, together, apart = [], [], []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            train_many(model, configs, data)
-            together.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            for config in configs:
-                train(model, config, data, progress=False)
-            apart.append(time.perf_counter() - start)
-            ratios.append(apart[-1] / together[-1])
+        together, apart = [], []
+        for repeat in range(repeats):  # best of each, alternating which goes first
+            for joint in ((True, False) if repeat % 2 == 0 else (False, True)):
+                start = time.perf_counter()
+                if joint:
+                    train_many(model, configs, data)
+                else:
+                    for config in configs:
+                        train(model, config, data, progress=False)
+                (together if joint else apart).append(time.perf_counter() - start)
         flops = k * steps * _step_flops(model, data)
         at_peak = flops / matmul_flops(torch.device("cpu"))
     finally:
         torch.set_num_threads(previous)
     suffix = "" if threads is None else "_all_cores"
-    return {f"sweep_speedup_{k}{suffix}": statistics.median(ratios),
-            f"sweep_together_s{suffix}": statistics.median(together),
-            f"sweep_sequential_s{suffix}": statistics.median(apart),
-            f"sweep_speedup_{k}_bound{suffix}": statistics.median(apart) / at_peak}
+    return {f"sweep_speedup_{k}{suffix}": min(apart) / min(together),
+            f"sweep_together_s{suffix}": min(together), f"sweep_sequential_s{suffix}": min(apart),
+            f"sweep_speedup_{k}_bound{suffix}": min(apart) / at_peak}
 
 
 def _step_flops(model_config: CNNConfig, data, batch: int | None = None) -> int:
@@ -190,10 +187,13 @@ def gpu_speedup(steps: int) -> dict:
 
 
 def book_build_seconds() -> dict:
-    """Wall time of a clean ``make book``."""
+    """Wall time of a clean ``make book`` (no build folder, no run cache). A failed build
+    is reported with the end of its output instead of a time."""
     subprocess.run(["make", "clean"], check=True, capture_output=True)
     start = time.perf_counter()
-    subprocess.run(["make", "book"], check=True, capture_output=True)
+    build = subprocess.run(["make", "book"], capture_output=True, text=True)
+    if build.returncode != 0:
+        return {"book_build_error": (build.stdout + build.stderr)[-2000:]}
     return {"book_build_s": time.perf_counter() - start}
 
 
@@ -208,7 +208,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--book", action="store_true", help="also time a clean book build")
     parser.add_argument("--output", default=str(DEFAULT_OUTPUT), help="where to write bench.json")
     args = parser.parse_args(argv)
-    repeats, steps = (2, 20) if args.quick else (7, 200)
+    repeats, steps = (2, 20) if args.quick else (11, 200)
     device = pick_device()
     results: dict = {
         "date": time.strftime("%Y-%m-%d"), "machine": platform.platform(), "processor": platform.processor(),
@@ -232,6 +232,9 @@ def main(argv=None) -> dict:
         shown = f"{value:.3g}" if isinstance(value, float) else str(value)
         print(f"{key:<{width}}  {shown}")
     print(f"written to {output}")
+    if "book_build_error" in results:
+        print("the book build failed: see book_build_error above", file=sys.stderr)
+        return {}
     return results
 
 

@@ -17,7 +17,7 @@ from torch import nn
 
 ACTIVATION_STATS = ("mean", "std", "saturated", "dead")
 HIST_BINS = 32
-_FEW_LAYERS = 24  # up to this many layers, per-layer sums are cheaper than a segmented reduction
+_MEMBERSHIP_LIMIT = 4_000_000  # parameters x layers up to which per-layer sums are one matrix product
 HIST_SAMPLE = 16384  # activation values counted per histogram, at most (whole examples)
 
 # Where each activation's derivative is (nearly) zero, judged from its output y:
@@ -56,7 +56,8 @@ def backward_signal(model: nn.Module, x: torch.Tensor, y: torch.Tensor, modules=
     of the network on its way back (the gradient with respect to the module's *output*, not
     its weights).
 
-    ``modules`` defaults to :func:`default_layers` (the convolutions and ``fc``); the norms
+    ``modules`` defaults to the layers :class:`LayerMonitor` watches (``model.layers()`` for
+    a gradcourse CNN, otherwise every convolution and linear module); the norms
     come in forward order (input side first) and are taken in float64. The model's parameter
     gradients are accumulated as by any backward pass; forward hooks read the outputs and
     are removed before returning. Returns a NumPy array.
@@ -120,6 +121,8 @@ class LayerMonitor:
         self._element_owner = torch.repeat_interleave(owner_t, sizes)
         self._length_list = self._lengths.tolist()
         self._rows: torch.Tensor | None = None  # flat gradients, weights, update (begin_step/end_step)
+        self._views: list[torch.Tensor] | None = None
+        self._membership: dict = {}
         self._stepping = False
         # Norms are taken in float64: in float32 the squares of gradients below ~1e-19 underflow
         # to 0, and a deep sigmoid network's first layers have gradients far smaller than that.
@@ -130,7 +133,12 @@ class LayerMonitor:
         self.collect_activations = True
         self.collect_histograms = False
         n_act = len(self.activations)
-        self.activation_stats = torch.zeros(n_act, len(ACTIVATION_STATS), device=device)
+        # Per activation module, the raw sums of the last collected pass: shift, sum and sum of
+        # squares of (y - shift), flat units, flat channels; and the number of units and
+        # channels. The hooks store only these (few kernel calls each); activation_stats
+        # turns them into statistics for all modules at once.
+        self._raw = torch.zeros(n_act, 5, device=device, dtype=self.norm_dtype)
+        self._sizes = [(1, 1)] * n_act
         self.histograms = torch.zeros(n_act, HIST_BINS, device=device)
         self.histogram_ranges = torch.zeros(n_act, 2, device=device)
 
@@ -160,55 +168,93 @@ class LayerMonitor:
             # boolean tensor first converts it to int64 (count_nonzero does not). Values are
             # shifted by an estimate of the mean, so the variance of a layer stuck near 0.5
             # with a tiny spread does not cancel away in float32.
-            n = y.numel()
             flat = y.reshape(-1)
             shift = flat[:256].mean()
             centred = flat - shift
-            offset = centred.sum() / n
-            mean = shift + offset
-            var = (torch.dot(centred, centred) / n - offset * offset).clamp_min(0.0)
-            saturated = torch.count_nonzero(flat_region(y)) / n
             channel_dims = tuple(d for d in range(y.ndim) if d != 1) if y.ndim > 1 else (0,)
             low, high = y.amin(dim=channel_dims), y.amax(dim=channel_dims)
-            dead = flat_channel(low, high).float().mean()
-            self.activation_stats[index] = torch.stack([mean, var.sqrt(), saturated, dead])
+            self._raw[index] = torch.stack([shift, centred.sum(), torch.dot(centred, centred),
+                                            torch.count_nonzero(flat_region(y)),
+                                            torch.count_nonzero(flat_channel(low, high))])
+            self._sizes[index] = (flat.numel(), low.numel())
             if self.collect_histograms:
                 # The range is fitted to the values this layer produced at this step (not
                 # fixed, e.g. for ReLU), so a sigmoid layer stuck near 0.5 is still resolved.
-                lo, hi = float(low.min()), float(high.max())
-                hi = max(hi, lo + 1e-6)
+                lo = low.min()
+                hi = torch.maximum(high.max(), lo + 1e-6)
                 # Counted on the first examples of the batch (HIST_SAMPLE values at most):
                 # the figure shows fractions, and the full batch costs 4x more per step.
-                per_example = max(1, n // max(1, len(y)))
+                per_example = max(1, flat.numel() // max(1, len(y)))
                 sample = y[:max(1, HIST_SAMPLE // per_example)] if y.ndim else y
                 self.histograms[index] = _histogram(sample, lo, hi)
-                self.histogram_ranges[index, 0], self.histogram_ranges[index, 1] = lo, hi
+                self.histogram_ranges[index] = torch.stack([lo, hi])
 
         return hook
+
+    @property
+    def activation_stats(self) -> torch.Tensor:
+        """``(activation modules, 4)``: mean, standard deviation, fraction of units in the flat
+        region and fraction of channels flat for the whole batch, at the last forward pass
+        the hooks read (zeros for a module not read yet)."""
+        raw = self._raw
+        sizes = torch.tensor(self._sizes, dtype=raw.dtype, device=raw.device)
+        offset = raw[:, 1] / sizes[:, 0]
+        var = (raw[:, 2] / sizes[:, 0] - offset * offset).clamp_min(0.0)
+        return torch.stack([raw[:, 0] + offset, var.sqrt(), raw[:, 3] / sizes[:, 0], raw[:, 4] / sizes[:, 1]],
+                           dim=1).float()
 
     # -- gradients and weights ---------------------------------------------------------
     # A model has a few tensors per layer, most of them small, so the cost of per-layer
     # norms is the number of kernel calls, not the arithmetic. The methods below therefore
-    # copy the tensors into one flat row (``torch.cat``), square the rows in norm_dtype and
-    # sum them per layer: a handful of calls instead of several per tensor.
+    # copy the tensors into one flat row (``torch.cat``), square the rows and sum them per
+    # layer: a handful of calls instead of several per tensor.
     def _flat(self, tensors, out: torch.Tensor | None = None) -> torch.Tensor:
         return torch.cat([t.detach().reshape(-1) for t in tensors], out=out)
 
     def _grads(self) -> list[torch.Tensor]:
         return [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
 
+    def _weight_views(self) -> list[torch.Tensor]:
+        """Flat views of the parameters, made once: optimizers update parameters in place, so
+        the views stay valid (checked by address; a parameter replaced or moved is re-viewed)."""
+        views = self._views
+        if views is None or any(v.data_ptr() != p.data_ptr() for v, p in zip(views, self.params)):
+            views = [p.detach().view(-1) if p.is_contiguous() else p.detach() for p in self.params]
+            self._views = views if all(v.ndim == 1 for v in views) else None
+        return views if self._views is not None else [v.reshape(-1) for v in views]
+
     def _layer_norms(self, rows: torch.Tensor) -> torch.Tensor:
-        """Per-layer L2 norms of each row of ``rows`` (``(k, n_params)`` flat vectors)."""
-        squares = rows.to(self.norm_dtype).square_()
-        k = rows.shape[0]
-        if len(self._length_list) <= _FEW_LAYERS:  # one sum per layer beats a segmented reduction
-            return torch.stack([part.sum(1) for part in squares.split(self._length_list, 1)], 1).sqrt_()
+        """Per-layer L2 norms of each row of ``rows`` (``(k, n_params)`` flat vectors), as norm_dtype.
+
+        Float32 rows are first summed in float32, which is exact to rounding whenever every
+        layer's sum of squares lies in [1e-28, 1e36]: squares small enough to underflow then
+        change the sum by less than 1e-5 of itself, and nothing overflows. A step with any
+        layer outside that range (a vanishing layer, an exploding one, or exactly zero) is
+        summed again in float64, so tiny gradients are never reported as 0."""
+        if rows.dtype == torch.float32 and self.norm_dtype == torch.float64:
+            sums = self._layer_sums(rows * rows)
+            low, high = torch.aminmax(sums)
+            if low.item() >= 1e-28 and high.item() <= 1e36:
+                return sums.to(torch.float64).sqrt_()
+        return self._layer_sums(rows.to(self.norm_dtype).square_()).sqrt_()
+
+    def _layer_sums(self, squares: torch.Tensor) -> torch.Tensor:
+        """Per-layer sums of each row: one product with a 0/1 layer-membership matrix when that
+        matrix is small (one kernel call, whatever the depth), else a segmented reduction."""
+        k, n = squares.shape
+        if n * len(self.layers) <= _MEMBERSHIP_LIMIT:
+            member = self._membership.get(squares.dtype)
+            if member is None or member.device != squares.device:
+                member = torch.zeros(n, len(self.layers), dtype=squares.dtype, device=squares.device)
+                member[torch.arange(n, device=squares.device), self._element_owner.to(squares.device)] = 1
+                self._membership[squares.dtype] = member
+            return squares @ member
         if squares.device.type == "mps":  # no segment_reduce there
             owner = self._element_owner.to(squares.device)
             sums = torch.zeros(k, len(self.layers), dtype=squares.dtype, device=squares.device)
-            return sums.index_add_(1, owner, squares).sqrt_()
+            return sums.index_add_(1, owner, squares)
         lengths = self._lengths.to(squares.device).expand(k, -1)
-        return torch.segment_reduce(squares, "sum", lengths=lengths, axis=1).sqrt_()
+        return torch.segment_reduce(squares, "sum", lengths=lengths, axis=1)
 
     def grad_norms(self) -> torch.Tensor:
         """Per-layer L2 norm of the current gradients (0 where a layer has no gradient)."""
@@ -237,30 +283,29 @@ class LayerMonitor:
         first = self.params[0]
         if self._rows is None or self._rows.device != first.device:
             self._rows = torch.empty(3, int(self._lengths.sum()), dtype=first.dtype, device=first.device)
-        self._flat(self._grads(), out=self._rows[0])
-        self._flat(self.params, out=self._rows[1])
+        torch.cat([g.reshape(-1) for g in self._grads()], out=self._rows[0])
+        torch.cat(self._weight_views(), out=self._rows[1])
         self._stepping = True
 
     def end_step(self) -> torch.Tensor:
-        """Call after the optimizer step: a ``(3, n_layers)`` tensor of per-layer gradient
-        norms, weight norms (before the step) and update ratios, from one reduction. This is
-        what :func:`gradcourse.train` records every step; it equals :meth:`grad_norms`,
+        """Call after the optimizer step: a ``(3, n_layers)`` tensor of per-layer norms of the
+        gradient, of the weights before the step and of the update ``W_after - W_before``,
+        from one reduction (the update ratio is row 2 / row 1). This is what
+        :func:`gradcourse.train` records every step; it equals :meth:`grad_norms`,
         :meth:`snapshot_weights` and :meth:`update_ratios` called in turn."""
         if not self._stepping:
             raise RuntimeError("call begin_step() after backward(), then end_step() after the optimizer step")
         self._stepping = False
         rows = self._rows
-        self._flat(self.params, out=rows[2]).sub_(rows[1])
-        norms = self._layer_norms(rows)
-        norms[2] /= norms[1].clamp_min(1e-12)
-        return norms
+        torch.cat(self._weight_views(), out=rows[2]).sub_(rows[1])
+        return self._layer_norms(rows)
 
     def grad_norms_dict(self) -> "OrderedDict[str, float]":
         """Per-layer gradient norms as ``{layer name: float}``, handy for logging."""
         return OrderedDict(zip(self.layer_names, self.grad_norms().tolist()))
 
 
-def _histogram(y: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+def _histogram(y: torch.Tensor, lo, hi) -> torch.Tensor:
     """Counts of ``y`` in ``HIST_BINS`` equal bins over ``[lo, hi]`` (values outside go to the
     end bins), the same counts as ``torch.histc`` on the clamped values at half its cost on a
     CPU: one scaled copy and a ``bincount``."""

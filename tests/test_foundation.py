@@ -96,7 +96,9 @@ def test_book_build_is_configured_to_fail_on_errors():
     assert CONFIG.get("only_build_toc_files") is True
     makefile = (ROOT / "Makefile").read_text()
     build = [line for line in makefile.splitlines() if "jupyter-book build" in line]
-    assert build and all(all(flag in line.split() for flag in ("-W", "-n", "--keep-going")) for line in build)
+    # --all: Sphinx would otherwise skip unchanged notebooks, whose outputs then reflect old code
+    # (and a rebuild after a failed build would "succeed" without executing anything).
+    assert build and all(all(flag in line.split() for flag in ("--all", "-W", "-n", "--keep-going")) for line in build)
 
 
 # -- the failure path, for real -----------------------------------------------------------
@@ -125,7 +127,7 @@ def tiny_book(folder: Path, cell: str) -> Path:
 
 def build_book(folder: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    return subprocess.run([str(VENV_BIN / "jupyter-book"), "build", "-W", "-n", "--keep-going", str(folder)],
+    return subprocess.run([str(VENV_BIN / "jupyter-book"), "build", "--all", "-W", "-n", "--keep-going", str(folder)],
                           capture_output=True, text=True, env=env, timeout=300)
 
 
@@ -136,6 +138,15 @@ def test_book_build_fails_when_a_notebook_assert_fails(tmp_path):
     assert result.returncode != 0
     assert "mystnb.exec" in result.stderr  # failed because the notebook raised...
     assert "AssertionError" in (book / "_build" / "html" / "reports" / "chapter.err.log").read_text()  # ...this
+
+
+@pytest.mark.slow
+def test_a_second_build_of_a_failing_book_fails_again(tmp_path):
+    book = tiny_book(tmp_path / "failing", "assert 1 == 2")
+    assert build_book(book).returncode != 0
+    again = build_book(book)  # the saved Sphinx environment must not turn the failure into a success
+    assert again.returncode != 0
+    assert "mystnb.exec" in again.stderr
 
 
 @pytest.mark.slow

@@ -210,13 +210,13 @@ def test_monitor_accepts_explicit_layers_and_activations():
 
 # -- one flat copy per step, and the helpers built on the same hooks ---------------------
 
-@pytest.mark.parametrize("depth", [3, 30])  # few layers: a sum per layer; many: a segmented reduction
-def test_begin_and_end_step_equal_grad_norms_snapshot_and_update_ratios(digits, depth):
-    from gradcourse.monitor import _FEW_LAYERS
-
+@pytest.mark.parametrize("depth", [3, 30])
+@pytest.mark.parametrize("membership_limit", [4_000_000, 0])  # one matrix product; a segmented reduction
+def test_begin_and_end_step_equal_grad_norms_snapshot_and_update_ratios(digits, depth, membership_limit,
+                                                                       monkeypatch):
+    monkeypatch.setattr(gc.monitor, "_MEMBERSHIP_LIMIT", membership_limit)
     torch.manual_seed(2)
     model = gc.build_model(gc.CNNConfig(depth=depth, width=4, norm="batch"), digits)
-    assert (depth + 1 > _FEW_LAYERS) == (depth == 30)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     x, y = one_batch(digits)
     with gc.LayerMonitor(model) as monitor:
@@ -233,8 +233,22 @@ def test_begin_and_end_step_equal_grad_norms_snapshot_and_update_ratios(digits, 
             together = monitor.end_step()
     assert together.shape == (3, depth + 1)
     assert torch.allclose(grads, expected_grads, rtol=1e-6)
-    assert torch.allclose(together[0], grads, rtol=1e-12)
-    assert torch.allclose(together[1], weights, rtol=1e-12) and torch.allclose(together[2], ratios, rtol=1e-12)
+    assert torch.allclose(together[0], grads, rtol=1e-6)
+    assert torch.allclose(together[1], weights, rtol=1e-6)
+    assert torch.allclose(together[2] / together[1], ratios, rtol=1e-6)
+
+
+def test_norms_too_small_for_float32_squares_are_summed_in_float64():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    monitor = gc.LayerMonitor(model)
+    model(torch.randn(3, 4)).sum().backward()
+    with torch.no_grad():
+        model[0].weight.grad.mul_(1e-25)  # squares of 1e-26 underflow to 0 in float32
+        model[0].bias.grad.mul_(1e-25)
+    norms = monitor.grad_norms()
+    expected = torch.cat([model[0].weight.grad.double().reshape(-1), model[0].bias.grad.double()]).norm()
+    assert norms.dtype == torch.float64
+    assert 0 < float(norms[0]) == pytest.approx(float(expected), rel=1e-9)
 
 
 def test_end_step_without_begin_step_raises_a_helpful_error():
