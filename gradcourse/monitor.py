@@ -230,13 +230,16 @@ class LayerMonitor:
         layer's sum of squares lies in [1e-28, 1e36]: squares small enough to underflow then
         change the sum by less than 1e-5 of itself, and nothing overflows. A step with any
         layer outside that range (a vanishing layer, an exploding one, or exactly zero) is
-        summed again in float64, so tiny gradients are never reported as 0."""
-        if rows.dtype == torch.float32 and self.norm_dtype == torch.float64:
-            sums = self._layer_sums(rows * rows)
-            low, high = torch.aminmax(sums)
-            if low.item() >= 1e-28 and high.item() <= 1e36:
-                return sums.to(torch.float64).sqrt_()
-        return self._layer_sums(rows.to(self.norm_dtype).square_()).sqrt_()
+        summed again in float64, so tiny gradients are never reported as 0. The choice is
+        made row by row, so a row's norms never depend on the other rows."""
+        if rows.dtype != torch.float32 or self.norm_dtype != torch.float64:
+            return self._layer_sums(rows.to(self.norm_dtype).square_()).sqrt_()
+        sums = self._layer_sums(rows * rows).to(torch.float64)
+        lows, highs = torch.stack(torch.aminmax(sums, dim=1)).tolist()
+        for row, (low, high) in enumerate(zip(lows, highs)):
+            if not 1e-28 <= low <= high <= 1e36:
+                sums[row] = self._layer_sums(rows[row:row + 1].to(torch.float64).square_())[0]
+        return sums.sqrt_()
 
     def _layer_sums(self, squares: torch.Tensor) -> torch.Tensor:
         """Per-layer sums of each row: one product with a 0/1 layer-membership matrix when that

@@ -307,3 +307,14 @@ def test_backward_signal_is_the_norm_of_the_loss_gradient_with_respect_to_each_o
     assert all(len(layer._forward_hooks) == 0 for layer in model.layers().values())
     convs = [model.conv1, model.conv2]
     assert gc.backward_signal(model, x, y, convs) == pytest.approx(expected[:2], rel=1e-6)
+
+
+def test_one_rows_fallback_to_float64_does_not_change_the_other_rows():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    monitor = gc.LayerMonitor(model)
+    model(torch.randn(3, 4)).sum().backward()
+    grads = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    alone = monitor._layer_norms(grads[None])
+    with_tiny_row = monitor._layer_norms(torch.stack([grads, grads * 1e-25]))
+    assert torch.equal(with_tiny_row[0], alone[0])
+    assert with_tiny_row[1] / with_tiny_row[0] == pytest.approx(torch.full((2,), 1e-25, dtype=torch.float64), rel=1e-6)
