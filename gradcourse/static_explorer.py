@@ -274,8 +274,9 @@ def explorer_figure(run, title: str | None = None, loss_limits: tuple | None = N
 
 
 def _readable_log_axis(ax) -> None:
-    """Label a log y axis spanning less than two decades with plain numbers at 1, 2, 5 x 10^k;
-    drop the minor ticks of one spanning more than four (clutter, and slow to draw)."""
+    """Label a log y axis spanning less than two decades with plain numbers at 1, 2, 5 x 10^k
+    (and no minor ticks: the labels already mark those); drop the minor ticks of one spanning
+    more than four decades (clutter, and slow to draw)."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator
 
     low, high = ax.get_ylim()
@@ -287,6 +288,7 @@ def _readable_log_axis(ax) -> None:
         return
     ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.yaxis.set_minor_locator(NullLocator())
     ax.yaxis.set_minor_formatter(NullFormatter())
 
 
