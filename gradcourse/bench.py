@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -31,19 +32,23 @@ THROUGHPUT_IMAGE = 28
 
 
 def monitor_overhead(repeats: int, steps: int) -> dict:
-    """Time with per-step monitoring / time without, same config and seed: the best of
-    ``repeats`` runs of each, alternating which goes first (on a shared machine the fastest
-    run is the least disturbed one, as ``timeit`` advises)."""
+    """Time with per-step monitoring / time without, same config and seed: ``repeats``
+    back-to-back pairs, alternating which goes first, and the median of the pairs' ratios
+    (the two runs of a pair see the same load on a shared machine)."""
     data = load_data("digits")
     config = TrainConfig(steps=steps, eval_every=steps)
     train(train_config=TrainConfig(steps=10), data=data, progress=False)  # warm-up
-    times: dict[bool, list[float]] = {True: [], False: []}
+    ratios, on, off = [], [], []
     for repeat in range(repeats):
+        pair = {}
         for monitor in ((True, False) if repeat % 2 == 0 else (False, True)):
-            times[monitor].append(train(train_config=config, data=data, monitor=monitor, progress=False).seconds)
-    on, off = min(times[True]), min(times[False])
-    return {"monitor_overhead_ratio": on / off,
-            "monitor_on_ms_per_step": 1000 * on / steps, "monitor_off_ms_per_step": 1000 * off / steps}
+            pair[monitor] = train(train_config=config, data=data, monitor=monitor, progress=False).seconds
+        ratios.append(pair[True] / pair[False])
+        on.append(pair[True])
+        off.append(pair[False])
+    return {"monitor_overhead_ratio": statistics.median(ratios),
+            "monitor_on_ms_per_step": 1000 * statistics.median(on) / steps,
+            "monitor_off_ms_per_step": 1000 * statistics.median(off) / steps}
 
 
 def slider_roundtrip(moves: int) -> dict:
@@ -216,7 +221,7 @@ def main(argv=None) -> dict:
         "device": describe_device(device), "quick": args.quick,
     }
     results.update(slider_roundtrip(3 if args.quick else 12))
-    results.update(monitor_overhead(repeats, steps))
+    results.update(monitor_overhead(2 if args.quick else 21, steps))
     results.update(sweep_speedup(1 if args.quick else 3, 20 if args.quick else 200))
     if (os.cpu_count() or 1) > 1:
         results.update(sweep_speedup(1 if args.quick else 3, 20 if args.quick else 200, threads=os.cpu_count()))

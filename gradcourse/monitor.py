@@ -163,7 +163,10 @@ class LayerMonitor:
         def hook(mod, inputs, output):
             if not (self.collect_activations and torch.is_grad_enabled()):
                 return
-            y = output.detach()
+            with torch.inference_mode():
+                read(output.detach())
+
+        def read(y):
             # A few single passes: std_mean costs ten times more on a CPU, and summing a
             # boolean tensor first converts it to int64 (count_nonzero does not). Values are
             # shifted by an estimate of the mean, so the variance of a layer stuck near 0.5
@@ -280,6 +283,9 @@ class LayerMonitor:
         norms = self._layer_norms(torch.stack([before, self._flat(self.params).sub_(before)]))
         return norms[0], norms[1] / norms[0].clamp_min(1e-12)
 
+    # Inference mode: these run every step, and skipping autograd's bookkeeping for their
+    # handful of small kernels is a measurable share of the monitor's cost.
+    @torch.inference_mode()
     def begin_step(self) -> None:
         """Call after ``backward()`` and before the optimizer step (and before any gradient
         clipping, to see the raw gradients): copies the gradients and the weights."""
@@ -290,12 +296,14 @@ class LayerMonitor:
         torch.cat(self._weight_views(), out=self._rows[1])
         self._stepping = True
 
+    @torch.inference_mode()
     def end_step(self) -> torch.Tensor:
         """Call after the optimizer step: a ``(3, n_layers)`` tensor of per-layer norms of the
         gradient, of the weights before the step and of the update ``W_after - W_before``,
         from one reduction (the update ratio is row 2 / row 1). This is what
         :func:`gradcourse.train` records every step; it equals :meth:`grad_norms`,
-        :meth:`snapshot_weights` and :meth:`update_ratios` called in turn."""
+        :meth:`snapshot_weights` and :meth:`update_ratios` called in turn (computed in
+        ``torch.inference_mode()``: the result is an inference tensor)."""
         if not self._stepping:
             raise RuntimeError("call begin_step() after backward(), then end_step() after the optimizer step")
         self._stepping = False
