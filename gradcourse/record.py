@@ -1,7 +1,9 @@
 """The record of one training run: numbers only, small enough to keep thousands of steps."""
 from __future__ import annotations
 
+import os
 import pickle
+import threading
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -122,10 +124,18 @@ class Run:
         return Run(**values)
 
     def save(self, path) -> None:
-        """Write the record (without the model) to ``path``."""
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as handle:
-            pickle.dump(self.without_model(), handle, protocol=pickle.HIGHEST_PROTOCOL)
+        """Write the record (without the model) to ``path``. The file appears whole or not at
+        all (written under a temporary name, then renamed), so notebooks running side by side
+        never read a half-written record."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.part")
+        try:
+            with open(partial, "wb") as handle:
+                pickle.dump(self.without_model(), handle, protocol=pickle.HIGHEST_PROTOCOL)
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
 
     @staticmethod
     def load(path) -> "Run":

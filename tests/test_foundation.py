@@ -120,15 +120,17 @@ def tiny_book(folder: Path, cell: str) -> Path:
     for bib in CONFIG.get("bibtex_bibfiles", []):
         (folder / bib).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / bib, folder / bib)
-    (folder / "_toc.yml").write_text("format: jb-book\nroot: chapter\n")
-    (folder / "chapter.ipynb").write_text(json.dumps(notebook("# A chapter\nx = 1", cell)))
+    (folder / "_toc.yml").write_text("format: jb-book\nroot: notebooks/chapter\n")
+    (folder / "notebooks").mkdir()
+    (folder / "notebooks" / "chapter.ipynb").write_text(json.dumps(notebook("# A chapter\nx = 1", cell)))
     return folder
 
 
 def build_book(folder: Path) -> subprocess.CompletedProcess:
+    """``make book`` in ``folder`` with the repository's own Makefile and virtual environment."""
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    return subprocess.run([str(VENV_BIN / "jupyter-book"), "build", "--all", "-W", "-n", "--keep-going", str(folder)],
-                          capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(["make", "-s", "-f", str(ROOT / "Makefile"), "-o", ".venv/.installed", f"BIN={VENV_BIN}",
+                           "book"], cwd=folder, capture_output=True, text=True, env=env, timeout=300)
 
 
 @pytest.mark.slow
@@ -137,24 +139,36 @@ def test_book_build_fails_when_a_notebook_assert_fails(tmp_path):
     result = build_book(book)
     assert result.returncode != 0
     assert "mystnb.exec" in result.stderr  # failed because the notebook raised...
-    assert "AssertionError" in (book / "_build" / "html" / "reports" / "chapter.err.log").read_text()  # ...this
+    assert "AssertionError" in (book / "_build/html/reports/notebooks/chapter.err.log").read_text()  # ...this
 
 
 @pytest.mark.slow
 def test_a_second_build_of_a_failing_book_fails_again(tmp_path):
     book = tiny_book(tmp_path / "failing", "assert 1 == 2")
     assert build_book(book).returncode != 0
-    again = build_book(book)  # the saved Sphinx environment must not turn the failure into a success
+    again = build_book(book)  # neither Sphinx's saved environment nor the notebook cache may hide it
     assert again.returncode != 0
     assert "mystnb.exec" in again.stderr
 
 
 @pytest.mark.slow
 def test_book_build_succeeds_when_every_notebook_runs(tmp_path):
-    """The control for the test above: the same book with a passing cell builds."""
+    """The control for the tests above: the same book with a passing cell builds."""
     result = build_book(tiny_book(tmp_path / "passing", "assert 1 == 1"))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert (tmp_path / "passing" / "_build" / "html" / "chapter.html").is_file()
+    assert (tmp_path / "passing" / "_build" / "html" / "notebooks" / "chapter.html").is_file()
+
+
+@pytest.mark.slow
+def test_every_book_build_runs_the_notebooks_again(tmp_path):
+    """The notebook's code is unchanged, but what it runs (here a file it reads; in the course,
+    gradcourse) changed: the next build must execute it again, not reuse the cached outputs."""
+    book = tiny_book(tmp_path / "book", "from pathlib import Path\nassert Path('value.txt').read_text() == '1'")
+    (book / "notebooks" / "value.txt").write_text("1")
+    first = build_book(book)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    (book / "notebooks" / "value.txt").write_text("2")
+    assert build_book(book).returncode != 0
 
 
 @pytest.mark.slow

@@ -140,6 +140,16 @@ def test_saved_record_loads_back_equal_without_the_model(digits, tmp_path):
     assert loaded.model_config == run.model_config and loaded.train_config == run.train_config
 
 
+def test_saving_over_a_record_replaces_it_whole_and_leaves_no_partial_file(digits, tmp_path):
+    # Notebooks built side by side share the run cache: a reader must never see half a file.
+    path = tmp_path / "run.pkl"
+    path.write_bytes(b"an older record")
+    run = tiny_run(digits)
+    run.save(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["run.pkl"]
+    assert gc.Run.load(path).steps_done == run.steps_done
+
+
 def test_grad_norm_at_picks_the_nearest_recorded_step(digits):
     run = tiny_run(digits, record_every=5, activation_every=5)
     assert list(run.grad_norm_at(7)) == run.layer_names
