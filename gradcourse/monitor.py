@@ -18,7 +18,7 @@ from torch import nn
 ACTIVATION_STATS = ("mean", "std", "saturated", "dead")
 HIST_BINS = 32
 _MEMBERSHIP_LIMIT = 4_000_000  # parameters x layers up to which per-layer sums are one matrix product
-HIST_SAMPLE = 16384  # activation values counted per histogram, at most (whole examples)
+HIST_SAMPLE = 4096  # activation values counted per histogram, at most (whole examples)
 
 # Where each activation's derivative is (nearly) zero, judged from its output y:
 # (test on y, per-channel test on (min, max) of y that says "flat for the whole batch").
@@ -120,7 +120,19 @@ class LayerMonitor:
         self._lengths = torch.zeros(len(self.layers), dtype=torch.long).index_add_(0, owner_t, sizes).to(device)
         self._element_owner = torch.repeat_interleave(owner_t, sizes)
         self._length_list = self._lengths.tolist()
+        # The per-step rows (begin_step/end_step) give every layer a slot of the largest
+        # layer's size, zero-padded, when that at most doubles them: then all per-layer norms
+        # are one reduction over the last dimension. Otherwise the rows are packed.
+        n_layers = len(self._length_list)
+        self._slot = max(self._length_list, default=0)
+        self._padded = (n_layers > 0 and min(self._length_list) > 0
+                        and n_layers * self._slot <= 2 * sum(self._length_list))
+        self._param_layer = owner
         self._rows: torch.Tensor | None = None  # flat gradients, weights, update (begin_step/end_step)
+        self._row_views: tuple[torch.Tensor, ...] = ()
+        self._squares: torch.Tensor | None = None
+        self._pads: torch.Tensor | None = None
+        self._padded_lists: dict = {}
         self._views: list[torch.Tensor] | None = None
         self._membership: dict = {}
         self._stepping = False
@@ -210,7 +222,10 @@ class LayerMonitor:
     # A model has a few tensors per layer, most of them small, so the cost of per-layer
     # norms is the number of kernel calls, not the arithmetic. The methods below therefore
     # copy the tensors into one flat row (``torch.cat``), square the rows and sum them per
-    # layer: a handful of calls instead of several per tensor.
+    # layer: a handful of calls instead of several per tensor. The per-step rows of
+    # begin_step/end_step go further: with a zero-padded slot per layer, the norms of all
+    # layers of all three rows are one ``vector_norm`` over the last dimension, accumulated
+    # in float64 (no underflow check needed).
     def _flat(self, tensors, out: torch.Tensor | None = None) -> torch.Tensor:
         return torch.cat([t.detach().reshape(-1) for t in tensors], out=out)
 
@@ -237,11 +252,15 @@ class LayerMonitor:
         made row by row, so a row's norms never depend on the other rows."""
         if rows.dtype != torch.float32 or self.norm_dtype != torch.float64:
             return self._layer_sums(rows.to(self.norm_dtype).square_()).sqrt_()
-        sums = self._layer_sums(rows * rows).to(torch.float64)
-        lows, highs = torch.stack(torch.aminmax(sums, dim=1)).tolist()
-        for row, (low, high) in enumerate(zip(lows, highs)):
-            if not 1e-28 <= low <= high <= 1e36:
-                sums[row] = self._layer_sums(rows[row:row + 1].to(torch.float64).square_())[0]
+        squares = self._squares if rows is self._rows else None
+        sums = self._layer_sums(torch.mul(rows, rows, out=squares))
+        low, high = torch.stack(torch.aminmax(sums)).tolist()   # one check covers the usual case
+        sums = sums.to(torch.float64)
+        if not 1e-28 <= low <= high <= 1e36:
+            lows, highs = torch.stack(torch.aminmax(sums, dim=1)).tolist()
+            for row, (low, high) in enumerate(zip(lows, highs)):
+                if not 1e-28 <= low <= high <= 1e36:
+                    sums[row] = self._layer_sums(rows[row:row + 1].to(torch.float64).square_())[0]
         return sums.sqrt_()
 
     def _layer_sums(self, squares: torch.Tensor) -> torch.Tensor:
@@ -291,10 +310,32 @@ class LayerMonitor:
         clipping, to see the raw gradients): copies the gradients and the weights."""
         first = self.params[0]
         if self._rows is None or self._rows.device != first.device:
-            self._rows = torch.empty(3, int(self._lengths.sum()), dtype=first.dtype, device=first.device)
-        torch.cat([g.reshape(-1) for g in self._grads()], out=self._rows[0])
-        torch.cat(self._weight_views(), out=self._rows[1])
+            width = len(self._length_list) * self._slot if self._padded else int(self._lengths.sum())
+            self._rows = torch.empty(3, width, dtype=first.dtype, device=first.device)
+            self._row_views = self._rows.unbind(0)
+            self._squares = torch.empty_like(self._rows)
+            self._pads = torch.zeros(self._slot, dtype=first.dtype, device=first.device)
+            self._padded_lists = {}
+        torch.cat(self._row_parts("grads", [g.reshape(-1) for g in self._grads()]), out=self._row_views[0])
+        torch.cat(self._row_parts("weights", self._weight_views()), out=self._row_views[1])
         self._stepping = True
+
+    def _row_parts(self, kind: str, views: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``views`` with each layer's zero padding after it (padded rows), made once per list."""
+        if not self._padded:
+            return views
+        cached = self._padded_lists.get(kind)
+        if cached is not None and cached[0] is views:
+            return cached[1]
+        parts, filled = [], [0] * len(self._length_list)
+        for index, (view, layer) in enumerate(zip(views, self._param_layer)):
+            parts.append(view)
+            filled[layer] += view.numel()
+            last_of_layer = index + 1 == len(views) or self._param_layer[index + 1] != layer
+            if last_of_layer and filled[layer] < self._slot:
+                parts.append(self._pads[:self._slot - filled[layer]])
+        self._padded_lists[kind] = (views, parts)
+        return parts
 
     @torch.inference_mode()
     def end_step(self) -> torch.Tensor:
@@ -307,9 +348,12 @@ class LayerMonitor:
         if not self._stepping:
             raise RuntimeError("call begin_step() after backward(), then end_step() after the optimizer step")
         self._stepping = False
-        rows = self._rows
-        torch.cat(self._weight_views(), out=rows[2]).sub_(rows[1])
-        return self._layer_norms(rows)
+        _, before, update = self._row_views
+        torch.cat(self._row_parts("weights", self._weight_views()), out=update).sub_(before)
+        if self._padded:  # (3, layers, slot): one reduction, accumulated in norm_dtype
+            rows = self._rows.view(3, len(self._length_list), self._slot)
+            return torch.linalg.vector_norm(rows, dim=2, dtype=self.norm_dtype)
+        return self._layer_norms(self._rows)
 
     def grad_norms_dict(self) -> "OrderedDict[str, float]":
         """Per-layer gradient norms as ``{layer name: float}``, handy for logging."""

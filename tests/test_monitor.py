@@ -238,6 +238,30 @@ def test_begin_and_end_step_equal_grad_norms_snapshot_and_update_ratios(digits, 
     assert torch.allclose(together[2] / together[1], ratios, rtol=1e-6)
 
 
+@pytest.mark.parametrize("hidden, padded", [(8, True), (256, False)])  # layer sizes alike; one layer dominates
+def test_end_step_is_the_same_whether_layers_share_padded_slots_or_are_packed(hidden, padded):
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, hidden), nn.Tanh(), nn.Linear(hidden, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x, y = torch.randn(16, 8), torch.randint(0, 3, (16,))
+    with gc.LayerMonitor(model) as monitor:
+        assert monitor._padded is padded
+        for _ in range(2):
+            optimizer.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            expected_grads = manual_layer_grad_norms(model, monitor.layers, loss)
+            loss.backward()
+            monitor.begin_step()
+            monitor.snapshot_weights()
+            optimizer.step()
+            weights, ratios = monitor.update_ratios()
+            together = monitor.end_step()
+    assert together.dtype == torch.float64 and together.shape == (3, 3)
+    assert torch.allclose(together[0], expected_grads, rtol=1e-6)
+    assert torch.allclose(together[1], weights, rtol=1e-6)
+    assert torch.allclose(together[2] / together[1], ratios, rtol=1e-6)
+
+
 def test_norms_too_small_for_float32_squares_are_summed_in_float64():
     model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
     monitor = gc.LayerMonitor(model)
