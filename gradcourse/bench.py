@@ -15,6 +15,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -81,14 +82,21 @@ def slider_roundtrip(moves: int) -> dict:
             "slider_first_view_median_s": float(np.median(firsts))}
 
 
-def sweep_speedup(repeats: int, steps: int, k: int = 8, threads: int | None = None) -> dict:
+def sweep_speedup(repeats: int, steps: int | None = None, k: int = 8, threads: int | None = None,
+                  model: CNNConfig | None = None, train_config: TrainConfig | None = None,
+                  name: str = "") -> dict:
     """``k`` learning rates trained together (:func:`gradcourse.train_many`) vs one
     after another with :func:`gradcourse.train`, same steps, best of ``repeats``, both with
     ``threads`` torch threads (default: the process's setting). Also the bound no
     implementation can beat: the sequential time over the time the FLOPs of the ``k`` runs
-    take at the matmul peak measured with the same threads."""
+    take at the matmul peak measured with the same threads.
+
+    The default configuration is the slider's (the live explorer's ``LIVE_MODEL`` and
+    ``LIVE_TRAIN``: what a precomputed learning-rate slider sweeps); ``name`` is added to the
+    keys of another."""
     import numpy as np
 
+    from .live_explorer import LIVE_MODEL, LIVE_TRAIN
     from .vectorized import train_many
 
     previous = torch.get_num_threads()
@@ -96,8 +104,10 @@ def sweep_speedup(repeats: int, steps: int, k: int = 8, threads: int | None = No
         torch.set_num_threads(threads)
     try:
         data = load_data("digits")
-        model = CNNConfig()
-        configs = [TrainConfig(steps=steps, eval_every=steps, lr=float(lr)) for lr in np.geomspace(0.001, 0.3, k)]
+        model = model or LIVE_MODEL
+        base = train_config or LIVE_TRAIN
+        steps = steps or base.steps
+        configs = [replace(base, steps=steps, eval_every=steps, lr=float(lr)) for lr in np.geomspace(0.001, 0.3, k)]
         train_many(model, configs, data)  # warm-up: the grouped kernels for these shapes
         train(model, configs[0], data, progress=False)
         together, apart = [], []
@@ -114,7 +124,7 @@ def sweep_speedup(repeats: int, steps: int, k: int = 8, threads: int | None = No
         at_peak = flops / matmul_flops(torch.device("cpu"))
     finally:
         torch.set_num_threads(previous)
-    suffix = "" if threads is None else "_all_cores"
+    suffix = name + ("" if threads is None else "_all_cores")
     return {f"sweep_speedup_{k}{suffix}": min(apart) / min(together),
             f"sweep_together_s{suffix}": min(together), f"sweep_sequential_s{suffix}": min(apart),
             f"sweep_speedup_{k}_bound{suffix}": min(apart) / at_peak}
@@ -222,9 +232,16 @@ def main(argv=None) -> dict:
     }
     results.update(slider_roundtrip(3 if args.quick else 12))
     results.update(monitor_overhead(2 if args.quick else 21, steps))
-    results.update(sweep_speedup(1 if args.quick else 3, 20 if args.quick else 200))
+    sweep_repeats, sweep_steps = (1, 20) if args.quick else (3, None)
+    results.update(sweep_speedup(sweep_repeats, sweep_steps))
     if (os.cpu_count() or 1) > 1:
-        results.update(sweep_speedup(1 if args.quick else 3, 20 if args.quick else 200, threads=os.cpu_count()))
+        results.update(sweep_speedup(sweep_repeats, sweep_steps, threads=os.cpu_count()))
+    # The unpooled 6-layer default (200 steps): its convolutions already run near the matmul
+    # peak in a single run, which bounds what training together can gain (BENCHMARKS.md).
+    unpooled = {"model": CNNConfig(), "train_config": TrainConfig(), "name": "_unpooled"}
+    results.update(sweep_speedup(sweep_repeats, sweep_steps, **unpooled))
+    if (os.cpu_count() or 1) > 1:
+        results.update(sweep_speedup(sweep_repeats, sweep_steps, threads=os.cpu_count(), **unpooled))
     results.update(training_flops(device, 5 if args.quick else 30))
     results.update(gpu_speedup(20 if args.quick else 200))
     if args.book:

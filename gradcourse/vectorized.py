@@ -66,10 +66,13 @@ class WideCNN(nn.Module):
         self.downsample = first.downsample
         self.names = list(first.layers())
         self.blocks = nn.ModuleList()
-        for name in self.names[:-1]:
+        for index, name in enumerate(self.names[:-1]):
             blocks = [m.layers()[name] for m in models]
             conv = blocks[0].conv
-            wide_conv = nn.Conv2d(conv.in_channels * k, conv.out_channels * k, 3, padding=1, groups=k)
+            if index == 0:  # every model reads the same images: one ungrouped conv to K x width channels
+                wide_conv = nn.Conv2d(conv.in_channels, conv.out_channels * k, 3, padding=1)
+            else:
+                wide_conv = nn.Conv2d(conv.in_channels * k, conv.out_channels * k, 3, padding=1, groups=k)
             with torch.no_grad():
                 wide_conv.weight.copy_(torch.cat([b.conv.weight for b in blocks]))
                 wide_conv.bias.copy_(torch.cat([b.conv.bias for b in blocks]))
@@ -88,7 +91,7 @@ class WideCNN(nn.Module):
         self.to(memory_format=torch.channels_last)
 
     def forward(self, x):
-        x = x.repeat(1, self.k, 1, 1).contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
         for name, block in zip(self.names, self.blocks):
             out = block.act(block.norm(block.conv(x)))
             x = x + block.residual_scale * out if block.residual else out
@@ -148,6 +151,16 @@ class _Together:
         self.params = [p for group in self.layer_params for p in group]
         self.layer_sizes = [sum(p.numel() // self.k for p in group) for group in self.layer_params]
         self.buffers = [torch.zeros_like(p) for p in self.params]
+        # (K, entries per model) views of the parameters and momentum buffers, made once: both
+        # are updated in place. Per-layer norms read a (K, layers, slot) copy in which every
+        # layer has a zero-padded slot of the largest layer's size: one reduction for all.
+        k = self.k
+        self.param_blocks = [_blocks(p.detach(), k) for p in self.params]
+        self.buffer_blocks = [_blocks(b, k) for b in self.buffers]
+        self.slot = max(self.layer_sizes)
+        self.norm_rows = torch.zeros(k, len(self.layer_sizes) * self.slot, device=device)
+        self.pads = [torch.zeros(k, self.slot - size, device=device) for size in self.layer_sizes]
+        self.param_parts = self._with_pads(self.param_blocks)
         self.generator = torch.Generator().manual_seed(base.seed)
         self.alive = torch.ones(self.k, dtype=torch.bool, device=device)
         self.act_stats = torch.zeros(len(wide.blocks), self.k, len(ACTIVATION_STATS), device=device)
@@ -175,12 +188,26 @@ class _Together:
             self.act_stats[index] = torch.stack([shift.view(k) + offset, var.sqrt(), flat, dead], dim=1)
         return hook
 
-    def per_model_norms(self, tensors_by_layer) -> torch.Tensor:
-        """(layers, K) norms, treating dim 0 of every tensor as K model blocks: one copy into a
-        (K, parameters per model) matrix, then a sum per layer."""
-        flat = torch.cat([_blocks(t, self.k) for tensors in tensors_by_layer for t in tensors], dim=1)
-        squares = flat.square_()
-        return torch.stack([part.sum(1) for part in squares.split(self.layer_sizes, 1)]).sqrt_()
+    def _with_pads(self, blocks: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``blocks`` (one ``(K, n)`` block per parameter, in parameter order) with each layer's
+        padding after its last parameter."""
+        parts, index = [], 0
+        for group, pad in zip(self.layer_params, self.pads):
+            parts.extend(blocks[index:index + len(group)])
+            parts.append(pad)
+            index += len(group)
+        return parts
+
+    def per_model_norms(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """(layers, K) norms of the per-model blocks ``parts`` (from :meth:`_with_pads`): one copy
+        into the padded rows, one norm over each slot (accumulated in float64, so the
+        gradients of a vanishing layer do not underflow to 0)."""
+        torch.cat(parts, dim=1, out=self.norm_rows)
+        slots = self.norm_rows.view(self.k, len(self.layer_sizes), self.slot)
+        return torch.linalg.vector_norm(slots, dim=2, dtype=torch.float64).T.float()
+
+    def grad_parts(self) -> list[torch.Tensor]:
+        return self._with_pads([_blocks(p.grad, self.k) for p in self.params])
 
     def batches(self):
         return batch_stream(self.data, self.base.batch_size, self.generator)
@@ -212,8 +239,7 @@ class _Together:
             for p in self.params:
                 p.grad = None
             torch.where(self.alive, losses, torch.zeros_like(losses)).sum().backward()
-            grads_by_layer = [[p.grad for p in group] for group in self.layer_params]
-            grad_norms = self.per_model_norms(grads_by_layer)                     # (layers, K)
+            grad_norms = self.per_model_norms(self.grad_parts())                   # (layers, K)
             total = grad_norms.pow(2).sum(0).sqrt()
             finite = torch.isfinite(losses) & torch.isfinite(total)
             newly = self.alive & ~finite
@@ -227,19 +253,23 @@ class _Together:
                     break
             scale = self._clip_scale(total)                                        # (K,)
             fired = self._apply_clip(scale)
-            after = self.per_model_norms([[p.grad for p in g] for g in self.layer_params]).pow(2).sum(0).sqrt()
-            weights_before = self.per_model_norms([[p.detach() for p in g] for g in self.layer_params])
+            if base.clip == "none":
+                after = total
+            else:
+                after = self.per_model_norms(self.grad_parts()).pow(2).sum(0).sqrt()
+            weights_before = self.per_model_norms(self.param_parts)
+            all_alive = diverged_at.count(None) == k
             with torch.no_grad():
-                step_lr = torch.where(self.alive, self.lr, torch.zeros_like(self.lr))
+                step_lr = self.lr if all_alive else torch.where(self.alive, self.lr, torch.zeros_like(self.lr))
                 updates = []
-                for p, buffer in zip(self.params, self.buffers):
-                    # A diverged model's gradient may hold NaN: zero it, its learning rate is 0 now.
-                    grad = torch.nan_to_num(_blocks(p.grad, k), nan=0.0, posinf=0.0, neginf=0.0)
-                    momentum_buffer = _blocks(buffer, k).mul_(self.momentum.view(k, 1)).add_(grad)
-                    update = momentum_buffer * step_lr.view(k, 1)
-                    _blocks(p.data, k).sub_(update)
+                for p, weights, buffer in zip(self.params, self.param_blocks, self.buffer_blocks):
+                    grad = _blocks(p.grad, k)
+                    if not all_alive:  # a diverged model's gradient may hold NaN; its learning rate is 0 now
+                        grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+                    update = buffer.mul_(self.momentum.view(k, 1)).add_(grad).mul(step_lr.view(k, 1))
+                    weights.sub_(update)
                     updates.append(update)
-            ratios = self._update_norms(updates) / weights_before.clamp_min(1e-12)
+            ratios = self.per_model_norms(self._with_pads(updates)) / weights_before.clamp_min(1e-12)
             row_alive = self.alive.view(1, k)
             loss_hist[step] = losses.detach()
             before_hist[step], after_hist[step], fired_hist[step] = total, after, fired & self.alive
@@ -276,9 +306,6 @@ class _Together:
         if self.base.clip == "norm":
             fired = scale < 1.0
         return fired
-
-    def _update_norms(self, updates) -> torch.Tensor:
-        return self.per_model_norms([updates])
 
     @torch.no_grad()
     def _evaluate(self, final: bool):
