@@ -5,9 +5,12 @@ same batches. Rather than K small networks one after another, :func:`train_many`
 one network whose convolutions have ``groups=K``: group ``k`` holds model ``k``'s
 weights, so the models never mix, but every layer runs as one larger kernel (in
 channels-last layout, where a CPU's grouped convolution runs at about its matrix-multiply
-peak; see BENCHMARKS.md for what that buys and what bounds it). Each model keeps its own learning rate, clip threshold, gradient
-norms, divergence step and record; the records match :func:`gradcourse.train`'s for the
-same configurations up to floating-point rounding (a test checks it).
+peak; see BENCHMARKS.md for what that buys and what bounds it). The first convolution is
+not grouped: every model reads the same images, so one convolution from the image channels
+to K x width channels computes all K first layers. Each model keeps its own learning rate,
+clip threshold, gradient norms, divergence step and record; the records match
+:func:`gradcourse.train`'s for the same configurations up to floating-point rounding (a
+test checks it).
 
 Supported: optimizers ``sgd`` and ``momentum``, a ``constant`` schedule, clipping
 ``none``, ``norm`` or ``value``, no weight decay, max-norm or weight normalization, and
