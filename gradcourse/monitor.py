@@ -33,6 +33,23 @@ _FLAT_REGION = {
 }
 
 
+def pad_to_slots(parts: list[torch.Tensor], layer_of_part: list[int], slot: int,
+                 zeros: torch.Tensor) -> list[torch.Tensor]:
+    """``parts`` (each layer's tensors in a row, flat along the last dimension) with zeros after
+    each layer's last part, so every layer fills ``slot`` entries: ``torch.cat(..., dim=-1)``
+    of the result is a row of equal slots, whose per-layer norms are one reduction.
+    ``zeros`` is a zero tensor at least ``slot`` wide, sliced along its last dimension."""
+    padded, filled = [], 0
+    for index, (part, layer) in enumerate(zip(parts, layer_of_part)):
+        padded.append(part)
+        filled += part.shape[-1]
+        if index + 1 == len(parts) or layer_of_part[index + 1] != layer:
+            if filled < slot:
+                padded.append(zeros[..., :slot - filled])
+            filled = 0
+    return padded
+
+
 def default_layers(model: nn.Module) -> "OrderedDict[str, nn.Module]":
     """The layers to monitor: ``model.layers()`` when the model has it (gradcourse's CNN),
     otherwise every convolution and linear module, named by its path in the model."""
@@ -130,9 +147,8 @@ class LayerMonitor:
         self._param_layer = owner
         self._rows: torch.Tensor | None = None  # flat gradients, weights, update (begin_step/end_step)
         self._row_views: tuple[torch.Tensor, ...] = ()
-        self._squares: torch.Tensor | None = None
-        self._pads: torch.Tensor | None = None
-        self._padded_lists: dict = {}
+        self._zeros: torch.Tensor | None = None
+        self._weight_parts: tuple[list, list[torch.Tensor]] | None = None  # (views, padded views)
         self._views: list[torch.Tensor] | None = None
         self._membership: dict = {}
         self._stepping = False
@@ -252,15 +268,11 @@ class LayerMonitor:
         made row by row, so a row's norms never depend on the other rows."""
         if rows.dtype != torch.float32 or self.norm_dtype != torch.float64:
             return self._layer_sums(rows.to(self.norm_dtype).square_()).sqrt_()
-        squares = self._squares if rows is self._rows else None
-        sums = self._layer_sums(torch.mul(rows, rows, out=squares))
-        low, high = torch.stack(torch.aminmax(sums)).tolist()   # one check covers the usual case
-        sums = sums.to(torch.float64)
-        if not 1e-28 <= low <= high <= 1e36:
-            lows, highs = torch.stack(torch.aminmax(sums, dim=1)).tolist()
-            for row, (low, high) in enumerate(zip(lows, highs)):
-                if not 1e-28 <= low <= high <= 1e36:
-                    sums[row] = self._layer_sums(rows[row:row + 1].to(torch.float64).square_())[0]
+        sums = self._layer_sums(rows * rows).to(torch.float64)
+        lows, highs = torch.stack(torch.aminmax(sums, dim=1)).tolist()
+        for row, (low, high) in enumerate(zip(lows, highs)):
+            if not 1e-28 <= low <= high <= 1e36:
+                sums[row] = self._layer_sums(rows[row:row + 1].to(torch.float64).square_())[0]
         return sums.sqrt_()
 
     def _layer_sums(self, squares: torch.Tensor) -> torch.Tensor:
@@ -313,29 +325,22 @@ class LayerMonitor:
             width = len(self._length_list) * self._slot if self._padded else int(self._lengths.sum())
             self._rows = torch.empty(3, width, dtype=first.dtype, device=first.device)
             self._row_views = self._rows.unbind(0)
-            self._squares = torch.empty_like(self._rows)
-            self._pads = torch.zeros(self._slot, dtype=first.dtype, device=first.device)
-            self._padded_lists = {}
-        torch.cat(self._row_parts("grads", [g.reshape(-1) for g in self._grads()]), out=self._row_views[0])
-        torch.cat(self._row_parts("weights", self._weight_views()), out=self._row_views[1])
+            self._zeros = torch.zeros(self._slot, dtype=first.dtype, device=first.device)
+            self._weight_parts = None
+        torch.cat(self._row_parts([g.reshape(-1) for g in self._grads()]), out=self._row_views[0])
+        torch.cat(self._weight_row_parts(), out=self._row_views[1])
         self._stepping = True
 
-    def _row_parts(self, kind: str, views: list[torch.Tensor]) -> list[torch.Tensor]:
-        """``views`` with each layer's zero padding after it (padded rows), made once per list."""
-        if not self._padded:
-            return views
-        cached = self._padded_lists.get(kind)
-        if cached is not None and cached[0] is views:
-            return cached[1]
-        parts, filled = [], [0] * len(self._length_list)
-        for index, (view, layer) in enumerate(zip(views, self._param_layer)):
-            parts.append(view)
-            filled[layer] += view.numel()
-            last_of_layer = index + 1 == len(views) or self._param_layer[index + 1] != layer
-            if last_of_layer and filled[layer] < self._slot:
-                parts.append(self._pads[:self._slot - filled[layer]])
-        self._padded_lists[kind] = (views, parts)
-        return parts
+    def _row_parts(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``views`` as laid out in the per-step rows (padded to slots, or packed as they are)."""
+        return pad_to_slots(views, self._param_layer, self._slot, self._zeros) if self._padded else views
+
+    def _weight_row_parts(self) -> list[torch.Tensor]:
+        """:meth:`_row_parts` of the weight views, remade only when the views are."""
+        views = self._weight_views()
+        if self._weight_parts is None or self._weight_parts[0] is not views:
+            self._weight_parts = (views, self._row_parts(views))
+        return self._weight_parts[1]
 
     @torch.inference_mode()
     def end_step(self) -> torch.Tensor:
@@ -349,7 +354,7 @@ class LayerMonitor:
             raise RuntimeError("call begin_step() after backward(), then end_step() after the optimizer step")
         self._stepping = False
         _, before, update = self._row_views
-        torch.cat(self._row_parts("weights", self._weight_views()), out=update).sub_(before)
+        torch.cat(self._weight_row_parts(), out=update).sub_(before)
         if self._padded:  # (3, layers, slot): one reduction, accumulated in norm_dtype
             rows = self._rows.view(3, len(self._length_list), self._slot)
             return torch.linalg.vector_norm(rows, dim=2, dtype=self.norm_dtype)

@@ -33,7 +33,7 @@ from torch import nn
 
 from .data import ImageData
 from .models import CNN, CNNConfig, ConvBlock, build_model
-from .monitor import ACTIVATION_STATS
+from .monitor import ACTIVATION_STATS, pad_to_slots
 from .record import Run
 from .train import TrainConfig, batch_stream
 
@@ -162,7 +162,8 @@ class _Together:
         self.buffer_blocks = [_blocks(b, k) for b in self.buffers]
         self.slot = max(self.layer_sizes)
         self.norm_rows = torch.zeros(k, len(self.layer_sizes) * self.slot, device=device)
-        self.pads = [torch.zeros(k, self.slot - size, device=device) for size in self.layer_sizes]
+        self.zeros = torch.zeros(k, self.slot, device=device)
+        self.param_layer = [index for index, group in enumerate(self.layer_params) for _ in group]
         self.param_parts = self._with_pads(self.param_blocks)
         self.generator = torch.Generator().manual_seed(base.seed)
         self.alive = torch.ones(self.k, dtype=torch.bool, device=device)
@@ -194,12 +195,7 @@ class _Together:
     def _with_pads(self, blocks: list[torch.Tensor]) -> list[torch.Tensor]:
         """``blocks`` (one ``(K, n)`` block per parameter, in parameter order) with each layer's
         padding after its last parameter."""
-        parts, index = [], 0
-        for group, pad in zip(self.layer_params, self.pads):
-            parts.extend(blocks[index:index + len(group)])
-            parts.append(pad)
-            index += len(group)
-        return parts
+        return pad_to_slots(blocks, self.param_layer, self.slot, self.zeros)
 
     def per_model_norms(self, parts: list[torch.Tensor]) -> torch.Tensor:
         """(layers, K) norms of the per-model blocks ``parts`` (from :meth:`_with_pads`): one copy
