@@ -89,6 +89,13 @@ class WideCNN(nn.Module):
             self.fc.weight.copy_(torch.cat([m.fc.weight for m in models]).unsqueeze(-1))
             self.fc.bias.copy_(torch.cat([m.fc.bias for m in models]))
         self.layer_modules = list(self.blocks) + [self.fc]
+        # A max pool after a ReLU gives the same values and gradients when it comes first
+        # (both pick the largest input of each window; ReLU keeps the order and sends no
+        # gradient through a window whose largest input is <= 0), and then the ReLU and its
+        # backward touch a quarter of the values. The activation statistics need the full
+        # ReLU output, so a caller that reads them sets ``observe`` for that step.
+        self.pool_first = (config.activation == "relu" and config.pool == "max" and not config.residual)
+        self.observe = True
         # Grouped convolutions are slower than K separate ones in NCHW on a CPU, and reach the
         # matrix-multiply peak in channels-last (NHWC) layout: keep weights and activations so.
         self.to(memory_format=torch.channels_last)
@@ -96,7 +103,11 @@ class WideCNN(nn.Module):
     def forward(self, x):
         x = x.contiguous(memory_format=torch.channels_last)
         for name, block in zip(self.names, self.blocks):
-            out = block.act(block.norm(block.conv(x)))
+            z = block.norm(block.conv(x))
+            if self.pool_first and not self.observe and name in self.downsample_after:
+                x = block.act(self.downsample(z))
+                continue
+            out = block.act(z)
             x = x + block.residual_scale * out if block.residual else out
             if name in self.downsample_after:
                 x = self.downsample(x)
@@ -231,7 +242,7 @@ class _Together:
         self.wide.train()
         done = 0
         for step, (x, y) in zip(range(steps), self.batches()):
-            self.collect = step % base.activation_every == 0
+            self.collect = self.wide.observe = step % base.activation_every == 0
             logits = self.wide(x)
             losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.repeat_interleave(k),
                                      reduction="none").view(len(y), k).mean(0)
@@ -309,12 +320,12 @@ class _Together:
     @torch.no_grad()
     def _evaluate(self, final: bool):
         self.wide.eval()
-        collect, self.collect = self.collect, False
+        collect, self.collect, self.wide.observe = self.collect, False, False
         n = self.base.eval_examples
         train_acc, _ = self._accuracy(self.data.x_train[:n], self.data.y_train[:n])
         x_val, y_val = (self.data.x_val, self.data.y_val) if final else (self.data.x_val[:n], self.data.y_val[:n])
         val_acc, val_loss = self._accuracy(x_val, y_val)
-        self.collect = collect
+        self.collect = self.wide.observe = collect
         return train_acc, val_acc, val_loss
 
     def _accuracy(self, x, y, chunk: int = 1024):

@@ -1,11 +1,14 @@
 """train_many trains several configurations as one grouped network, and must agree with train()."""
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 
 import gradcourse as gc
-from gradcourse.vectorized import can_train_together, train_many
+from gradcourse.vectorized import WideCNN, can_train_together, train_many
 
 MODEL = gc.CNNConfig(depth=4, width=8, init="kaiming_normal")
+POOLED = gc.CNNConfig(depth=4, width=8, init="kaiming_normal", pool_every=1)  # 8x8 -> 4 -> 2 -> 1
 
 
 def _configs(**common):
@@ -17,13 +20,14 @@ def _configs(**common):
     {"optimizer": "momentum", "clip": "norm", "clip_threshold": 0.5},
     {"optimizer": "momentum", "clip": "value", "clip_threshold": 0.01},
 ], ids=["sgd", "momentum+norm clip", "momentum+value clip"])
-def test_train_many_matches_train_for_each_configuration(digits, common):
+@pytest.mark.parametrize("model", [MODEL, POOLED], ids=["unpooled", "max-pooled"])
+def test_train_many_matches_train_for_each_configuration(digits, common, model):
     """Equal up to float rounding. At a large learning rate training amplifies rounding
     differences step by step, so the first steps are compared tightly and the rest loosely."""
     configs = _configs(**common)
-    together = train_many(MODEL, configs, digits)
+    together = train_many(model, configs, digits)
     for config, run in zip(configs, together):
-        alone = gc.train(MODEL, config, digits)
+        alone = gc.train(model, config, digits)
         assert run.steps_done == alone.steps_done
         np.testing.assert_allclose(run.loss[:5], alone.loss[:5], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(run.grad_norm[:5], alone.grad_norm[:5], rtol=1e-5)
@@ -36,6 +40,31 @@ def test_train_many_matches_train_for_each_configuration(digits, common):
         np.testing.assert_allclose(run.act_mean[:1], alone.act_mean[:1], rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(run.act_saturated, alone.act_saturated, atol=2e-2)
         np.testing.assert_allclose(run.val_acc, alone.val_acc, atol=0.02)
+
+
+@pytest.mark.parametrize("activation, pool, pooled_first", [("relu", "max", True), ("relu", "avg", False),
+                                                              ("tanh", "max", False)])
+def test_pooling_before_the_relu_changes_no_value_and_no_gradient(digits, activation, pool, pooled_first):
+    """Off the steps that record activation statistics, a ReLU followed by a max pool runs
+    as the pool then the ReLU: the logits and every gradient must be bit for bit the same."""
+    config = gc.CNNConfig(depth=4, width=8, init="kaiming_normal", pool_every=1, activation=activation, pool=pool)
+    models = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        models.append(gc.build_model(config, digits))
+    wide = WideCNN(models)
+    assert wide.pool_first is pooled_first
+    x, y = digits.x_train[:32], digits.y_train[:32]
+    results = []
+    for observe in (True, False):
+        wide.observe = observe
+        wide.zero_grad(set_to_none=True)
+        logits = wide(x)
+        F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.repeat_interleave(3)).backward()
+        results.append([logits.detach()] + [p.grad.clone() for p in wide.parameters()])
+    assert len(results[0]) == 1 + 2 * 5
+    for observed, fast in zip(*results):
+        torch.testing.assert_close(fast, observed, rtol=0, atol=0)
 
 
 def test_a_diverging_model_stops_alone_and_the_others_carry_on(digits):
