@@ -8,8 +8,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NOTEBOOK_CACHE := _build/.jupyter_cache
 export GRADCOURSE_PROGRESS ?= 0
-# The default experiments are small: one thread per kernel is faster than two for them, and
-# gives the same numbers whatever else runs on the machine.
+# One torch thread per process: the book runs one notebook per core, and a run's numbers do
+# not depend on the machine's core count (a kernel's threads change the order of its sums).
 export OMP_NUM_THREADS ?= 1
 export GRADCOURSE_CACHE ?= $(CURDIR)/.cache/gradcourse
 
