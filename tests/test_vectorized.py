@@ -9,6 +9,7 @@ from gradcourse.vectorized import WideCNN, can_train_together, train_many
 
 MODEL = gc.CNNConfig(depth=4, width=8, init="kaiming_normal")
 POOLED = gc.CNNConfig(depth=4, width=8, init="kaiming_normal", pool_every=1)  # 8x8 -> 4 -> 2 -> 1
+NORMED = gc.CNNConfig(depth=4, width=8, init="kaiming_normal", norm="batch", residual=True, pool_every=2)
 
 
 def _configs(**common):
@@ -20,7 +21,7 @@ def _configs(**common):
     {"optimizer": "momentum", "clip": "norm", "clip_threshold": 0.5},
     {"optimizer": "momentum", "clip": "value", "clip_threshold": 0.01},
 ], ids=["sgd", "momentum+norm clip", "momentum+value clip"])
-@pytest.mark.parametrize("model", [MODEL, POOLED], ids=["unpooled", "max-pooled"])
+@pytest.mark.parametrize("model", [MODEL, POOLED, NORMED], ids=["unpooled", "max-pooled", "batch-norm residual"])
 def test_train_many_matches_train_for_each_configuration(digits, common, model):
     """Equal up to float rounding. At a large learning rate training amplifies rounding
     differences step by step, so the first steps are compared tightly and the rest loosely."""
