@@ -130,6 +130,34 @@ def sweep_speedup(repeats: int, steps: int | None = None, k: int = 8, threads: i
             f"sweep_speedup_{k}_bound{suffix}": min(apart) / at_peak}
 
 
+def sweep_scaling(repeats: int, widths=(1, 4, 8, 16), steps: int | None = None) -> dict:
+    """Seconds per model when ``k`` learning rates of the slider's configuration train
+    together, for each ``k`` in ``widths``, and one run of :func:`gradcourse.train` alone
+    (best of ``repeats``, the widths interleaved): where the per-model cost stops falling,
+    no wider sweep can beat the ratio of ``train_alone_s`` to that cost."""
+    import numpy as np
+
+    from .live_explorer import LIVE_MODEL, LIVE_TRAIN
+    from .vectorized import train_many
+
+    data = load_data("digits")
+    steps = steps or LIVE_TRAIN.steps
+    base = replace(LIVE_TRAIN, steps=steps, eval_every=steps)
+    best: dict = {}
+    for repeat in range(repeats + 1):  # the first round warms up every shape
+        for k in widths:
+            configs = [replace(base, lr=float(lr)) for lr in np.geomspace(0.001, 0.3, k)]
+            start = time.perf_counter()
+            if k == 1:
+                train(LIVE_MODEL, configs[0], data, progress=False)
+            else:
+                train_many(LIVE_MODEL, configs, data)
+            seconds = (time.perf_counter() - start) / k
+            if repeat:
+                best[k] = min(best.get(k, seconds), seconds)
+    return {"train_alone_s": best[1], **{f"sweep_per_model_s_{k}": best[k] for k in widths if k > 1}}
+
+
 def _step_flops(model_config: CNNConfig, data, batch: int | None = None) -> int:
     """FLOPs of one forward+backward+SGD step (default batch size), counted by torch."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -242,6 +270,7 @@ def main(argv=None) -> dict:
     results.update(sweep_speedup(sweep_repeats, sweep_steps, **unpooled))
     if (os.cpu_count() or 1) > 1:
         results.update(sweep_speedup(sweep_repeats, sweep_steps, threads=os.cpu_count(), **unpooled))
+    results.update(sweep_scaling(1 if args.quick else 3, steps=20 if args.quick else None))
     results.update(training_flops(device, 5 if args.quick else 30))
     results.update(gpu_speedup(20 if args.quick else 200))
     if args.book:
