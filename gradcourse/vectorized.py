@@ -4,8 +4,8 @@ A learning-rate or clip-threshold sweep trains K copies of the same architecture
 same batches. Rather than K small networks one after another, :func:`train_many` builds
 one network whose convolutions have ``groups=K``: group ``k`` holds model ``k``'s
 weights, so the models never mix, but every layer runs as one larger kernel (in
-channels-last layout, where a CPU's grouped convolution runs at about its matrix-multiply
-peak; see BENCHMARKS.md for what that buys and what bounds it). The first convolution is
+channels-last layout, where a CPU's grouped convolution runs at 70-85 % of its
+matrix-multiply peak; see BENCHMARKS.md for what that buys and what bounds it). The first convolution is
 not grouped: every model reads the same images, so one convolution from the image channels
 to K x width channels computes all K first layers. Each model keeps its own learning rate,
 clip threshold, gradient norms, divergence step and record; the records match
@@ -101,8 +101,8 @@ class WideCNN(nn.Module):
         # ReLU output, so a caller that reads them sets ``observe`` for that step.
         self.pool_first = (config.activation == "relu" and config.pool == "max" and not config.residual)
         self.observe = True
-        # Grouped convolutions are slower than K separate ones in NCHW on a CPU, and reach the
-        # matrix-multiply peak in channels-last (NHWC) layout: keep weights and activations so.
+        # Grouped convolutions are slower than K separate ones in NCHW on a CPU, and come close
+        # to the matrix-multiply peak in channels-last (NHWC) layout: keep weights and activations so.
         self.to(memory_format=torch.channels_last)
 
     def forward(self, x):
