@@ -4,10 +4,10 @@ A learning-rate or clip-threshold sweep trains K copies of the same architecture
 same batches. Rather than K small networks one after another, :func:`train_many` builds
 one network whose convolutions have ``groups=K``: group ``k`` holds model ``k``'s
 weights, so the models never mix, but every layer runs as one larger kernel (in
-channels-last layout, where a CPU's grouped convolution runs at 70-85 % of its
-matrix-multiply peak; see BENCHMARKS.md for what that buys and what bounds it). The first convolution is
-not grouped: every model reads the same images, so one convolution from the image channels
-to K x width channels computes all K first layers. Each model keeps its own learning rate,
+channels-last layout, where a CPU's grouped convolution of 8x8 maps runs at 70-85 % of
+its matrix-multiply peak; see BENCHMARKS.md for what that buys and what bounds it). The
+first convolution is not grouped: every model reads the same images, so one convolution
+from the image channels to K x width channels computes all K first layers. Each model keeps its own learning rate,
 clip threshold, gradient norms, divergence step and record; the records match
 :func:`gradcourse.train`'s for the same configurations up to floating-point rounding (a
 test checks it).
