@@ -94,8 +94,6 @@ def sweep_speedup(repeats: int, steps: int | None = None, k: int = 8, threads: i
     The default configuration is the slider's (the live explorer's ``LIVE_MODEL`` and
     ``LIVE_TRAIN``: what a precomputed learning-rate slider sweeps); ``name`` is added to the
     keys of another."""
-    import numpy as np
-
     from .live_explorer import LIVE_MODEL, LIVE_TRAIN
     from .vectorized import train_many
 
@@ -107,7 +105,7 @@ def sweep_speedup(repeats: int, steps: int | None = None, k: int = 8, threads: i
         model = model or LIVE_MODEL
         base = train_config or LIVE_TRAIN
         steps = steps or base.steps
-        configs = [replace(base, steps=steps, eval_every=steps, lr=float(lr)) for lr in np.geomspace(0.001, 0.3, k)]
+        configs = _lr_sweep(base, steps, k)
         train_many(model, configs, data)  # warm-up: the grouped kernels for these shapes
         train(model, configs[0], data, progress=False)
         together, apart = [], []
@@ -135,18 +133,15 @@ def sweep_scaling(repeats: int, widths=(1, 4, 8, 16), steps: int | None = None) 
     together, for each ``k`` in ``widths``, and one run of :func:`gradcourse.train` alone
     (best of ``repeats``, the widths interleaved): where the per-model cost stops falling,
     no wider sweep can beat the ratio of ``train_alone_s`` to that cost."""
-    import numpy as np
-
     from .live_explorer import LIVE_MODEL, LIVE_TRAIN
     from .vectorized import train_many
 
     data = load_data("digits")
     steps = steps or LIVE_TRAIN.steps
-    base = replace(LIVE_TRAIN, steps=steps, eval_every=steps)
     best: dict = {}
     for repeat in range(repeats + 1):  # the first round warms up every shape
         for k in widths:
-            configs = [replace(base, lr=float(lr)) for lr in np.geomspace(0.001, 0.3, k)]
+            configs = _lr_sweep(LIVE_TRAIN, steps, k)
             start = time.perf_counter()
             if k == 1:
                 train(LIVE_MODEL, configs[0], data, progress=False)
@@ -156,6 +151,14 @@ def sweep_scaling(repeats: int, widths=(1, 4, 8, 16), steps: int | None = None) 
             if repeat:
                 best[k] = min(best.get(k, seconds), seconds)
     return {"train_alone_s": best[1], **{f"sweep_per_model_s_{k}": best[k] for k in widths if k > 1}}
+
+
+def _lr_sweep(base: TrainConfig, steps: int, k: int) -> list[TrainConfig]:
+    """``base`` at ``k`` learning rates spaced evenly in log from 0.001 to 0.3 (one config at
+    k = 1), ``steps`` steps and one evaluation at the end."""
+    import numpy as np
+
+    return [replace(base, steps=steps, eval_every=steps, lr=float(lr)) for lr in np.geomspace(0.001, 0.3, k)]
 
 
 def _step_flops(model_config: CNNConfig, data, batch: int | None = None) -> int:
@@ -245,6 +248,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+# The figures the benchmark exists for: ``main`` fails when one is missing.
+REQUIRED = ("slider_roundtrip_median_s", "slider_roundtrip_p90_s", "slider_first_view_median_s",
+            "monitor_overhead_ratio", "sweep_speedup_8", "sweep_per_model_s_8", "train_fraction_of_matmul_peak")
+
+
+def missing_figures(results: dict, cores: int | None = None, gpu: bool | None = None) -> list[str]:
+    """The required figures absent from ``results``: those in ``REQUIRED``, the all-cores sweep
+    on a machine with more than one core, and the GPU speed-up where CUDA is present."""
+    cores = (os.cpu_count() or 1) if cores is None else cores
+    gpu = torch.cuda.is_available() if gpu is None else gpu
+    required = list(REQUIRED) + ["sweep_speedup_8_all_cores"] * (cores > 1) + ["gpu_speedup"] * gpu
+    return [key for key in required if key not in results]
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="run each measurement briefly (CI check)")
@@ -285,6 +302,10 @@ def main(argv=None) -> dict:
     print(f"written to {output}")
     if "book_build_error" in results:
         print("the book build failed: see book_build_error above", file=sys.stderr)
+        return {}
+    missing = missing_figures(results)
+    if missing:
+        print(f"bench.json lacks {missing}", file=sys.stderr)
         return {}
     return results
 

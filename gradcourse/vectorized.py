@@ -312,7 +312,7 @@ class _Together:
         if self.base.clip == "value":
             limit = self.threshold.view(k, 1)
             fired = (grads.abs() > limit).any(1)
-            grads.copy_(torch.maximum(torch.minimum(grads, limit), -limit))
+            grads.clamp_(-limit, limit)
             return fired
         return torch.zeros(k, dtype=torch.bool, device=self.device)
 
