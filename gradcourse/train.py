@@ -22,7 +22,7 @@ from . import _validate as check
 from .cache import cache_path, run_key
 from .clipping import CLIP_MODES, clip_gradients
 from .data import DataConfig, ImageData, load_data
-from .device import pick_device
+from .device import keep_freed_memory, pick_device
 from .models import CNN, CNNConfig, ConvBlock, build_model
 from .monitor import ACTIVATION_STATS, HIST_BINS, LayerMonitor
 from .record import Run
@@ -187,6 +187,7 @@ def train(model_config: CNNConfig | None = None, train_config: TrainConfig | Non
     model_config = replace(model_config or CNNConfig(), **model_over)
     train_config = replace(train_config or TrainConfig(), **train_over)
     device = pick_device(device)
+    keep_freed_memory()
     if isinstance(data, ImageData):
         if data_over:
             raise check.ConfigError(f"data settings {sorted(data_over)} cannot change an already loaded ImageData")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import pickle
+import subprocess
+import sys
 
 import matplotlib
 import numpy as np
@@ -433,3 +435,29 @@ def test_grad_norm_ratio_is_conv1_over_fc_at_the_recorded_step(digits):
     norms = run.grad_norm_at(3)
     assert run.grad_norm_ratio(3) == norms["conv1"] / norms["fc"]
     assert run.grad_norm_ratio(0, first="conv3", last="conv1") == run.grad_norm_at(0)["conv3"] / run.grad_norm_at(0)["conv1"]
+
+
+_FAULTS = """
+import resource, sys, torch
+if sys.argv[1] == "keep":
+    from gradcourse.device import keep_freed_memory
+    assert keep_freed_memory()
+for _ in range(2):  # the first blocks' pages fault in once
+    torch.empty(4 << 20).fill_(1.0)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    torch.empty(4 << 20).fill_(1.0)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's")
+def test_keep_freed_memory_stops_a_freed_block_from_faulting_in_again():
+    """Ten 16 MB tensors, made and freed one after another: by default glibc maps each one
+    anew (4,096 page faults apiece); after keep_freed_memory they reuse the same pages."""
+    def faults(mode):
+        done = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, check=True)
+        return int(done.stdout.strip())
+    default, kept = faults("default"), faults("keep")
+    assert default > 5 * 4096, default
+    assert kept < 2 * 4096, kept  # at most one block's pages again (the heap may move once)

@@ -87,3 +87,15 @@ def test_configurations_that_differ_in_more_than_lr_threshold_momentum_are_refus
                                     {"weight_decay": 1e-4}, {"max_weight_norm": 1.0}])
 def test_options_train_many_does_not_support_are_refused(change):
     assert not can_train_together([MODEL, MODEL], [gc.TrainConfig(**change), gc.TrainConfig(**change)])
+
+
+def test_the_norms_of_a_vanishing_gradient_do_not_underflow(digits):
+    """The first layers of a deep sigmoid network have gradient norms near 1e-22, whose
+    squares are below float32's range: they must be summed again in float64, as train() does."""
+    model = gc.CNNConfig(depth=12, width=8, activation="sigmoid", init="normal", init_std=0.01)
+    configs = [gc.TrainConfig(steps=3, lr=lr, eval_every=3) for lr in (0.01, 0.1)]
+    run = train_many(model, configs, digits)[0]
+    alone = gc.train(model, configs[0], digits)
+    assert 0 < run.layer_grad_norm[0, 0] < 1e-20
+    np.testing.assert_allclose(run.layer_grad_norm[:, :3], alone.layer_grad_norm[:, :3], rtol=1e-5)
+    np.testing.assert_allclose(run.layer_weight_norm, alone.layer_weight_norm, rtol=1e-5)
