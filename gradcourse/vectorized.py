@@ -220,11 +220,17 @@ class _Together:
             # (positions, K, C) without a copy: the activations are channels-last.
             per_model = y.permute(0, 2, 3, 1).reshape(-1, k, c // k)
             n = per_model.shape[0] * per_model.shape[2]
+            # Every reduction runs over dim 0 first, to (K, channels): reductions along the outer
+            # dimension of a contiguous tensor are the fast ones (a boolean count or an aminmax
+            # over the same data is 5-10 times slower).
             shift = per_model[:4].mean(dim=(0, 2), keepdim=True)  # as in LayerMonitor: no cancellation
             centred = per_model - shift
-            offset = centred.sum(dim=(0, 2)) / n
-            var = ((centred * centred).sum(dim=(0, 2)) / n - offset * offset).clamp_min(0.0)
-            flat = torch.count_nonzero(_flat(module, per_model), dim=(0, 2)) / n
+            offset = centred.sum(0).sum(1) / n
+            var = (centred.square_().sum(0).sum(1) / n - offset * offset).clamp_min(0.0)
+            if type(module) is nn.ReLU:   # outputs >= 0: the flat ones are the zeros
+                flat = 1.0 - torch.sign(per_model).sum(0).sum(1) / n
+            else:
+                flat = _flat(module, per_model).sum(0, dtype=torch.int32).sum(1) / n
             low, high = per_model.amin(dim=0), per_model.amax(dim=0)  # (K, channels per model)
             dead = _flat_channel(module, low, high).float().mean(1)
             self.act_stats[index] = torch.stack([shift.view(k) + offset, var.sqrt(), flat, dead], dim=1)

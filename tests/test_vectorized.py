@@ -99,3 +99,17 @@ def test_the_norms_of_a_vanishing_gradient_do_not_underflow(digits):
     assert 0 < run.layer_grad_norm[0, 0] < 1e-20
     np.testing.assert_allclose(run.layer_grad_norm[:, :3], alone.layer_grad_norm[:, :3], rtol=1e-5)
     np.testing.assert_allclose(run.layer_weight_norm, alone.layer_weight_norm, rtol=1e-5)
+
+
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "tanh", "sigmoid"])
+def test_activation_statistics_match_train_for_every_activation(digits, activation):
+    """The wide hooks count flat units their own way for each activation (the zeros of a
+    ReLU, a threshold for the others): the first recorded statistics must be train()'s."""
+    model = gc.CNNConfig(depth=4, width=8, init="kaiming_normal", activation=activation)
+    configs = [gc.TrainConfig(steps=12, lr=lr, eval_every=6) for lr in (0.01, 0.05)]
+    run = train_many(model, configs, digits)[0]
+    alone = gc.train(model, configs[0], digits)
+    np.testing.assert_allclose(run.act_mean[:1], alone.act_mean[:1], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(run.act_std[:1], alone.act_std[:1], rtol=1e-4)
+    np.testing.assert_allclose(run.act_saturated[:1], alone.act_saturated[:1], atol=1e-6)
+    np.testing.assert_allclose(run.act_dead[:1], alone.act_dead[:1], atol=1e-6)
