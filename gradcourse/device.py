@@ -77,7 +77,7 @@ def keep_freed_memory(limit_mb: int = 64) -> bool:
     the top of the heap once more than its trim threshold is free: either way the next step's
     tensors of the same size come back as new pages, and every page costs a page fault and a
     kernel zero-fill before the kernel it was wanted for can write it. For the 8-model sweep
-    (2 MB activations) that was 10,000-100,000 page faults and 10 % of the time per run.
+    (2 MB activations) that was 12,000-116,000 page faults and 2-9 % of the time per run.
     This raises both thresholds to ``limit_mb`` MB (``mallopt``), so blocks up to that size
     stay in the process for the next step. The process's peak memory does not change, but
     memory freed after a peak is not returned to the system while the process runs.
