@@ -14,7 +14,7 @@ ipywidgets are imported when a function needs them.
 from ._validate import ConfigError
 from .clipping import adaptive_clip_grad_, clip_gradients, total_grad_norm, unitwise_norm
 from .data import DataConfig, DatasetUnavailable, ImageData, available_offline, load_data
-from .device import available_devices, describe_device, pick_device
+from .device import available_devices, describe_device, keep_freed_memory, pick_device
 from .models import CNN, CNNConfig, build_model
 from .monitor import LayerMonitor, backward_signal
 from .record import Run
@@ -58,5 +58,6 @@ __all__ = [
     "build_model", "clip_gradients", "describe_device", "load_data", "make_optimizer", "make_scheduler",
     "pick_device", "total_grad_norm", "train", "unitwise_norm", "sweep", "StaticExplorer", "static_explorer",
     "sweep_explorer", "LiveExplorer", "in_static_build", "live_explorer", "train_many", "can_train_together",
+    "keep_freed_memory",
     *sorted(_LAZY),
 ]

@@ -68,7 +68,7 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _allocator_tuned: bool | None = None
 
 
-def keep_freed_memory(limit_mb: int = 64) -> bool:
+def keep_freed_memory(limit_mb: int = 32) -> bool:
     """Let this process reuse the memory of freed tensors instead of handing it back to the
     kernel (Linux with glibc only; elsewhere a no-op). Returns whether the setting is in force.
 
@@ -78,21 +78,24 @@ def keep_freed_memory(limit_mb: int = 64) -> bool:
     tensors of the same size come back as new pages, and every page costs a page fault and a
     kernel zero-fill before the kernel it was wanted for can write it. For the 8-model sweep
     (2 MB activations) that was 12,000-116,000 page faults and 2-9 % of the time per run.
-    This raises both thresholds to ``limit_mb`` MB (``mallopt``), so blocks up to that size
-    stay in the process for the next step. The process's peak memory does not change, but
-    memory freed after a peak is not returned to the system while the process runs.
+    This sets the mmap threshold to ``limit_mb`` MB (1 to 32, glibc's maximum on a 64-bit
+    system) and the trim threshold to four times that (``mallopt``), so blocks up to that
+    size stay in the process for the next step. The process's peak memory does not change,
+    but up to ``4 * limit_mb`` MB freed after a peak stay with the process while it runs.
     Process-wide; the first call decides. :func:`gradcourse.train` and
-    :func:`gradcourse.train_many` call it."""
+    :func:`gradcourse.train_many` call it; BENCHMARKS.md has what it saves."""
     global _allocator_tuned
+    if isinstance(limit_mb, bool) or not isinstance(limit_mb, int) or not 1 <= limit_mb <= 32:
+        raise ConfigError(f"keep_freed_memory(limit_mb={limit_mb!r}): limit_mb must be a whole number of "
+                          f"megabytes from 1 to 32 (glibc's largest mmap threshold on a 64-bit system)")
     if _allocator_tuned is None:
         _allocator_tuned = False
         if sys.platform.startswith("linux"):
             try:
-                libc = ctypes.CDLL(None)
-                mallopt = libc.mallopt
-            except (OSError, AttributeError):   # not glibc (musl has no mallopt)
+                mallopt = ctypes.CDLL(None).mallopt
+            except (OSError, AttributeError):   # a C library without mallopt
                 return False
             mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-            limit = int(limit_mb) << 20
+            limit = limit_mb << 20
             _allocator_tuned = bool(mallopt(_M_MMAP_THRESHOLD, limit)) and bool(mallopt(_M_TRIM_THRESHOLD, 4 * limit))
     return _allocator_tuned

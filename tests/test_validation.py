@@ -228,3 +228,9 @@ def test_user_mistake_raises_a_gradcourse_error_not_a_torch_traceback(mistake):
         gc.train(**settings)
     raised_in = Path(str(excinfo.traceback[-1].path)).resolve()
     assert GRADCOURSE_DIR in raised_in.parents, f"raised inside {raised_in}: {excinfo.value!r}"
+
+
+@pytest.mark.parametrize("limit", [0, 33, 2.5, "32", True])
+def test_keep_freed_memory_names_its_allowed_range(limit):
+    with pytest.raises(gc.ConfigError, match=r"limit_mb=.*from 1 to 32"):
+        gc.keep_freed_memory(limit)
