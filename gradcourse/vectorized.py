@@ -243,6 +243,8 @@ class _Together:
         of a vanishing layer never underflow to 0. (Always float64 cost 8 % of a step: the
         conversion copies the row.)"""
         slots = rows.view(self.k, len(self.layer_sizes), self.slot)
+        if rows.device.type == "mps":  # Apple's MPS has no float64: the norms stay float32 there
+            return torch.linalg.vector_norm(slots, dim=2).T
         sums = torch.linalg.vector_norm(slots, dim=2).double().square_()            # (K, layers)
         inside = ((sums >= 1e-28) & (sums <= 1e36)).all(1)
         if not bool(inside.all()):
