@@ -10,7 +10,7 @@ removes when its ``with`` block ends; nothing is kept but the statistics.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 from torch import nn
@@ -31,6 +31,34 @@ _FLAT_REGION = {
     nn.LeakyReLU: (lambda y: y <= 0, lambda low, high: high <= 0),
     nn.GELU: (lambda y: y <= 0, lambda low, high: high <= 0),
 }
+
+
+def flat_tests(module: nn.Module):
+    """``(test on y, per-channel test on (min, max) of y)`` for an activation module: where its
+    derivative is (nearly) zero. Modules not listed are judged as ReLU is (flat where y <= 0)."""
+    return _FLAT_REGION.get(type(module), _FLAT_REGION[nn.ReLU])
+
+
+# Squared norms summed in float32 are exact to rounding while every layer's sum lies in this
+# range: squares small enough to underflow then change a sum by less than 1e-5 of itself, and
+# nothing overflows.
+FLOAT32_EXACT = (1e-28, 1e36)
+
+
+def float64_where_needed(sums: torch.Tensor, resum: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``sums``, a ``(rows, layers)`` tensor of sums of squares taken in float32, as float64,
+    with every row that has a sum outside :data:`FLOAT32_EXACT` (a vanishing layer, an
+    exploding one, or exactly zero) replaced by ``resum(outside)``: those rows summed again
+    in float64. Row by row, so a row's sums never depend on the other rows. On Apple's MPS,
+    which has no float64, the sums stay float32."""
+    if sums.device.type == "mps":
+        return sums
+    sums = sums.to(torch.float64)
+    low, high = FLOAT32_EXACT
+    outside = ~((sums >= low) & (sums <= high)).all(1)
+    if bool(outside.any()):
+        sums[outside] = resum(outside)
+    return sums
 
 
 def pad_to_slots(parts: list[torch.Tensor], layer_of_part: list[int], slot: int,
@@ -186,7 +214,7 @@ class LayerMonitor:
         self._hooks.clear()
 
     def _make_hook(self, index: int, module: nn.Module):
-        flat_region, flat_channel = _FLAT_REGION.get(type(module), _FLAT_REGION[nn.ReLU])
+        flat_region, flat_channel = flat_tests(module)
 
         def hook(mod, inputs, output):
             if not (self.collect_activations and torch.is_grad_enabled()):
@@ -260,20 +288,13 @@ class LayerMonitor:
     def _layer_norms(self, rows: torch.Tensor) -> torch.Tensor:
         """Per-layer L2 norms of each row of ``rows`` (``(k, n_params)`` flat vectors), as norm_dtype.
 
-        Float32 rows are first summed in float32, which is exact to rounding whenever every
-        layer's sum of squares lies in [1e-28, 1e36]: squares small enough to underflow then
-        change the sum by less than 1e-5 of itself, and nothing overflows. A step with any
-        layer outside that range (a vanishing layer, an exploding one, or exactly zero) is
-        summed again in float64, so tiny gradients are never reported as 0. The choice is
-        made row by row, so a row's norms never depend on the other rows."""
+        Float32 rows are summed in float32, and a row with any layer outside the range where
+        that is exact is summed again in float64 (:func:`float64_where_needed`), so tiny
+        gradients are never reported as 0."""
         if rows.dtype != torch.float32 or self.norm_dtype != torch.float64:
             return self._layer_sums(rows.to(self.norm_dtype).square_()).sqrt_()
-        sums = self._layer_sums(rows * rows).to(torch.float64)
-        lows, highs = torch.stack(torch.aminmax(sums, dim=1)).tolist()
-        for row, (low, high) in enumerate(zip(lows, highs)):
-            if not 1e-28 <= low <= high <= 1e36:
-                sums[row] = self._layer_sums(rows[row:row + 1].to(torch.float64).square_())[0]
-        return sums.sqrt_()
+        return float64_where_needed(self._layer_sums(rows * rows),
+                                    lambda outside: self._layer_sums(rows[outside].to(torch.float64).square_())).sqrt_()
 
     def _layer_sums(self, squares: torch.Tensor) -> torch.Tensor:
         """Per-layer sums of each row: one product with a 0/1 layer-membership matrix when that

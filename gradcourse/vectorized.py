@@ -36,7 +36,7 @@ from torch import nn
 from .data import ImageData
 from .device import keep_freed_memory
 from .models import CNN, CNNConfig, ConvBlock, build_model
-from .monitor import ACTIVATION_STATS, pad_to_slots
+from .monitor import ACTIVATION_STATS, HIST_BINS, flat_tests, float64_where_needed, pad_to_slots
 from .record import Run
 from .train import TrainConfig, batch_stream
 
@@ -227,29 +227,26 @@ class _Together:
             centred = per_model - shift
             offset = centred.sum(0).sum(1) / n
             var = (centred.square_().sum(0).sum(1) / n - offset * offset).clamp_min(0.0)
+            flat_region, flat_channel = flat_tests(module)
             if type(module) is nn.ReLU:   # outputs >= 0: the flat ones are the zeros
                 flat = 1.0 - torch.sign(per_model).sum(0).sum(1) / n
             else:
-                flat = _flat(module, per_model).sum(0, dtype=torch.int32).sum(1) / n
+                flat = flat_region(per_model).sum(0, dtype=torch.int32).sum(1) / n
             low, high = per_model.amin(dim=0), per_model.amax(dim=0)  # (K, channels per model)
-            dead = _flat_channel(module, low, high).float().mean(1)
+            dead = flat_channel(low, high).float().mean(1)
             self.act_stats[index] = torch.stack([shift.view(k) + offset, var.sqrt(), flat, dead], dim=1)
         return hook
 
     def slot_norms(self, rows: torch.Tensor) -> torch.Tensor:
-        """(layers, K) norms of each layer's slot in ``rows``. As in :class:`LayerMonitor`, they
-        are summed in float32 where that is exact enough (every squared norm of the model's row
-        between 1e-28 and 1e36) and again in float64 for a row where it is not, so the gradients
-        of a vanishing layer never underflow to 0. (Always float64 cost 8 % of a step: the
-        conversion copies the row.)"""
+        """(layers, K) norms of each layer's slot in ``rows``: summed in float32, and again in
+        float64 for a model whose sums leave the range where float32 is exact, as in
+        :class:`LayerMonitor` (:func:`float64_where_needed`), so the gradients of a vanishing
+        layer never underflow to 0. (Always float64 cost 8 % of a step: the conversion copies
+        the row.)"""
         slots = rows.view(self.k, len(self.layer_sizes), self.slot)
-        if rows.device.type == "mps":  # Apple's MPS has no float64: the norms stay float32 there
-            return torch.linalg.vector_norm(slots, dim=2).T
-        sums = torch.linalg.vector_norm(slots, dim=2).double().square_()            # (K, layers)
-        inside = ((sums >= 1e-28) & (sums <= 1e36)).all(1)
-        if not bool(inside.all()):
-            outside = ~inside
-            sums[outside] = torch.linalg.vector_norm(slots[outside], dim=2, dtype=torch.float64).square_()
+        sums = float64_where_needed(
+            torch.linalg.vector_norm(slots, dim=2).double().square_(),              # (K, layers)
+            lambda outside: torch.linalg.vector_norm(slots[outside], dim=2, dtype=torch.float64).square_())
         return sums.sqrt_().T.float()
 
     def copy_rows(self, blocks: list[torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
@@ -393,25 +390,9 @@ class _Together:
             eval_step=np.array([e[0] for e in kept], dtype=int),
             train_acc=np.array([e[1][i] for e in kept]), val_acc=np.array([e[2][i] for e in kept]),
             val_loss=np.array([e[3][i] for e in kept]),
-            hist_step=np.zeros(0, dtype=int), hist_counts=np.zeros((0, n_act, 32)), hist_range=np.zeros((0, n_act, 2)),
+            hist_step=np.zeros(0, dtype=int), hist_counts=np.zeros((0, n_act, HIST_BINS)), hist_range=np.zeros((0, n_act, 2)),
             diverged_at=diverged_at, diverged_reason=reason, seconds=seconds,
         )
-
-
-def _flat(module, y):
-    if isinstance(module, nn.Sigmoid):
-        return (y < 0.01) | (y > 0.99)
-    if isinstance(module, nn.Tanh):
-        return (y < -0.99) | (y > 0.99)
-    return y <= 0
-
-
-def _flat_channel(module, low, high):
-    if isinstance(module, nn.Sigmoid):
-        return (high < 0.01) | (low > 0.99)
-    if isinstance(module, nn.Tanh):
-        return (high < -0.99) | (low > 0.99)
-    return high <= 0
 
 
 def _blocks(t: torch.Tensor, k: int) -> torch.Tensor:
