@@ -87,9 +87,16 @@ def sweep_speedup(repeats: int, steps: int | None = None, k: int = 8, threads: i
                   name: str = "") -> dict:
     """``k`` learning rates trained together (:func:`gradcourse.train_many`) vs one
     after another with :func:`gradcourse.train`, same steps, best of ``repeats``, both with
-    ``threads`` torch threads (default: the process's setting). Also the bound no
-    implementation can beat: the sequential time over the time the FLOPs of the ``k`` runs
-    take at the matmul peak measured with the same threads.
+    ``threads`` torch threads (default: the process's setting). Two references:
+
+    - ``..._passes_only``: the sequential time over the time the same steps take when they
+      run only the K-wide network's forward and backward passes (:func:`_passes_only`): the
+      speed-up ``train_many`` would reach if its update, records and evaluation cost
+      nothing. No work on those can take the figure past it;
+    - ``..._at_matmul_rate``: the sequential time over the time the ``k`` runs' FLOPs take
+      at the rate of a large matmul with the same threads. A practical peak, not a strict
+      one: a convolution kernel can run faster than the BLAS matmul (on an AMD Zen 4 host,
+      oneDNN's grouped convolutions reached 128 GFLOP/s on one thread, MKL's matmul 100).
 
     The default configuration is the slider's (the live explorer's ``LIVE_MODEL`` and
     ``LIVE_TRAIN``: what a precomputed learning-rate slider sweeps); ``name`` is added to the
@@ -108,24 +115,58 @@ def sweep_speedup(repeats: int, steps: int | None = None, k: int = 8, threads: i
         configs = _lr_sweep(base, steps, k)
         train_many(model, configs, data)  # warm-up: the grouped kernels for these shapes
         train(model, configs[0], data, progress=False)
-        together, apart = [], []
-        for repeat in range(repeats):  # best of each, alternating which goes first
-            for joint in ((True, False) if repeat % 2 == 0 else (False, True)):
+        _passes_only(model, configs, data)
+        times: dict = {"together": [], "apart": [], "passes": []}
+        for repeat in range(repeats):  # best of each, rotating which goes first
+            for variant in _rotate(list(times), repeat):
                 start = time.perf_counter()
-                if joint:
+                if variant == "together":
                     train_many(model, configs, data)
-                else:
+                elif variant == "apart":
                     for config in configs:
                         train(model, config, data, progress=False)
-                (together if joint else apart).append(time.perf_counter() - start)
+                else:
+                    _passes_only(model, configs, data)
+                times[variant].append(time.perf_counter() - start)
         flops = k * steps * _step_flops(model, data)
-        at_peak = flops / matmul_flops(torch.device("cpu"))
+        at_matmul_rate = flops / matmul_flops(torch.device("cpu"))
     finally:
         torch.set_num_threads(previous)
+    together, apart, passes = (min(times[v]) for v in ("together", "apart", "passes"))
     suffix = name + ("" if threads is None else "_all_cores")
-    return {f"sweep_speedup_{k}{suffix}": min(apart) / min(together),
-            f"sweep_together_s{suffix}": min(together), f"sweep_sequential_s{suffix}": min(apart),
-            f"sweep_speedup_{k}_bound{suffix}": min(apart) / at_peak}
+    return {f"sweep_speedup_{k}{suffix}": apart / together,
+            f"sweep_together_s{suffix}": together, f"sweep_sequential_s{suffix}": apart,
+            f"sweep_passes_only_s{suffix}": passes,
+            f"sweep_speedup_{k}_passes_only{suffix}": apart / passes,
+            f"sweep_speedup_{k}_at_matmul_rate{suffix}": apart / at_matmul_rate}
+
+
+def _rotate(items: list, by: int) -> list:
+    by %= len(items)
+    return items[by:] + items[:by]
+
+
+def _passes_only(model_config: CNNConfig, configs: list[TrainConfig], data) -> None:
+    """The forward and backward passes of :func:`gradcourse.train_many`'s network for these
+    configurations, on the same batches, and nothing else: no update, no records, no
+    evaluation, and the max pool before the ReLU on every step (``train_many`` puts it after
+    on the steps that record activation statistics, which costs more)."""
+    from .train import batch_stream
+    from .vectorized import WideCNN
+
+    base, k = configs[0], len(configs)
+    models = []
+    for _ in range(k):
+        torch.manual_seed(base.seed)
+        models.append(build_model(model_config, data))
+    wide = WideCNN(models)
+    wide.observe = False
+    batches = batch_stream(data, base.batch_size, torch.Generator().manual_seed(base.seed))
+    for _, (x, y) in zip(range(base.steps), batches):
+        logits = wide(x)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.repeat_interleave(k))
+        wide.zero_grad(set_to_none=True)
+        loss.backward()
 
 
 def sweep_scaling(repeats: int, widths=(1, 4, 8, 16), steps: int | None = None) -> dict:

@@ -1,14 +1,45 @@
 """The benchmark's sweep figures, on tiny runs (its full figures come from ``make bench``)."""
 import pytest
+import torch
 
 from gradcourse import bench
 
 
 def test_sweep_speedup_is_sequential_time_over_together_time():
     result = bench.sweep_speedup(1, steps=3, k=2)
-    assert set(result) == {"sweep_speedup_2", "sweep_together_s", "sweep_sequential_s", "sweep_speedup_2_bound"}
-    assert result["sweep_together_s"] > 0 and result["sweep_sequential_s"] > 0
+    assert set(result) == {"sweep_speedup_2", "sweep_together_s", "sweep_sequential_s", "sweep_passes_only_s",
+                           "sweep_speedup_2_passes_only", "sweep_speedup_2_at_matmul_rate"}
+    assert result["sweep_together_s"] > 0 and result["sweep_sequential_s"] > 0 and result["sweep_passes_only_s"] > 0
     assert result["sweep_speedup_2"] == pytest.approx(result["sweep_sequential_s"] / result["sweep_together_s"])
+    assert result["sweep_speedup_2_passes_only"] == pytest.approx(
+        result["sweep_sequential_s"] / result["sweep_passes_only_s"])
+
+
+def test_the_passes_only_reference_runs_the_wide_networks_passes_on_the_same_batches(monkeypatch):
+    """_passes_only is a floor for train_many only if it does the same passes: one forward
+    and one backward of the K-wide network per step, on train_many's batches."""
+    from gradcourse.data import load_data
+    from gradcourse.live_explorer import LIVE_MODEL, LIVE_TRAIN
+    from gradcourse.vectorized import WideCNN
+
+    data = load_data("digits")
+    configs = bench._lr_sweep(LIVE_TRAIN, 4, 3)
+    seen = []
+    forward = WideCNN.forward
+
+    def spy(self, x):
+        seen.append((self.k, x.clone()))
+        return forward(self, x)
+
+    monkeypatch.setattr(WideCNN, "forward", spy)
+    bench._passes_only(LIVE_MODEL, configs, data)
+    passes = [x for _, x in seen]
+    assert [k for k, _ in seen] == [3] * 4
+    seen.clear()
+    from gradcourse.vectorized import train_many
+    train_many(LIVE_MODEL, configs, data)
+    train_batches = [x for _, x in seen][:4]   # then its evaluation's chunks
+    assert all(torch.equal(a, b) for a, b in zip(passes, train_batches))
 
 
 def test_sweep_scaling_reports_the_cost_per_model_of_each_width():
