@@ -152,14 +152,10 @@ def _passes_only(model_config: CNNConfig, configs: list[TrainConfig], data) -> N
     evaluation, and the max pool before the ReLU on every step (``train_many`` puts it after
     on the steps that record activation statistics, which costs more)."""
     from .train import batch_stream
-    from .vectorized import WideCNN
+    from .vectorized import build_wide
 
     base, k = configs[0], len(configs)
-    models = []
-    for _ in range(k):
-        torch.manual_seed(base.seed)
-        models.append(build_model(model_config, data))
-    wide = WideCNN(models)
+    wide = build_wide(model_config, data, k, base.seed)
     wide.observe = False
     batches = batch_stream(data, base.batch_size, torch.Generator().manual_seed(base.seed))
     for _, (x, y) in zip(range(base.steps), batches):
@@ -324,8 +320,8 @@ def main(argv=None) -> dict:
     results.update(sweep_speedup(1 if args.quick else 5, sweep_steps))
     if (os.cpu_count() or 1) > 1:
         results.update(sweep_speedup(1 if args.quick else 5, sweep_steps, threads=os.cpu_count()))
-    # The unpooled 6-layer default (200 steps): its convolutions already run near the matmul
-    # peak in a single run, which bounds what training together can gain (BENCHMARKS.md).
+    # The unpooled 6-layer default (200 steps): its convolutions already run near their best
+    # rate in a single run, which bounds what training together can gain (BENCHMARKS.md).
     unpooled = {"model": CNNConfig(), "train_config": TrainConfig(), "name": "_unpooled"}
     results.update(sweep_speedup(sweep_repeats, sweep_steps, **unpooled))
     if (os.cpu_count() or 1) > 1:

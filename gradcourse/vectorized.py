@@ -161,14 +161,18 @@ def train_many(model_config: CNNConfig, train_configs: list[TrainConfig], data: 
     device = torch.device(device)
     keep_freed_memory()
     data = data.to(device)
-    base = train_configs[0]
-    k = len(train_configs)
+    wide = build_wide(model_config, data, len(train_configs), train_configs[0].seed).to(device)
+    return _Together(wide, model_config, train_configs, data, device).run()
+
+
+def build_wide(model_config: CNNConfig, data: ImageData, k: int, seed: int) -> WideCNN:
+    """``k`` copies of ``model_config``'s network as one :class:`WideCNN`, each initialized
+    exactly as :func:`gradcourse.train` initializes it with this ``seed``."""
     models = []
     for _ in range(k):
-        torch.manual_seed(base.seed)   # every model starts exactly as gradcourse.train would start it
+        torch.manual_seed(seed)
         models.append(build_model(model_config, data))
-    wide = WideCNN(models).to(device)
-    return _Together(wide, model_config, train_configs, data, device).run()
+    return WideCNN(models)
 
 
 class _Together:
