@@ -147,22 +147,17 @@ def _rotate(items: list, by: int) -> list:
 
 
 def _passes_only(model_config: CNNConfig, configs: list[TrainConfig], data) -> None:
-    """The forward and backward passes of :func:`gradcourse.train_many`'s network for these
-    configurations, on the same batches, and nothing else: no update, no records, no
-    evaluation, and the max pool before the ReLU on every step (``train_many`` puts it after
-    on the steps that record activation statistics, which costs more)."""
-    from .train import batch_stream
-    from .vectorized import build_wide
+    """:func:`gradcourse.train_many`'s steps for these configurations with nothing but each
+    step's forward and backward pass (its own ``passes``, on its own batches): no update, no
+    records, no evaluation, and no activation statistics, so the max pool runs before the
+    ReLU on every step (``train_many`` puts it after on the steps that record them)."""
+    from .vectorized import _Together, build_wide
 
-    base, k = configs[0], len(configs)
-    wide = build_wide(model_config, data, k, base.seed)
-    wide.observe = False
-    batches = batch_stream(data, base.batch_size, torch.Generator().manual_seed(base.seed))
-    for _, (x, y) in zip(range(base.steps), batches):
-        logits = wide(x)
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.repeat_interleave(k))
-        wide.zero_grad(set_to_none=True)
-        loss.backward()
+    together = _Together(build_wide(model_config, data, len(configs), configs[0].seed), model_config, configs,
+                         data, data.device)
+    together.collect = together.wide.observe = False
+    for _, (x, y) in zip(range(configs[0].steps), together.batches()):
+        together.passes(x, y)
 
 
 def sweep_scaling(repeats: int, widths=(1, 4, 8, 16), steps: int | None = None) -> dict:
@@ -316,10 +311,10 @@ def main(argv=None) -> dict:
     results.update(monitor_overhead(2 if args.quick else 21, steps))
     # Best of 5 for the slider's configuration (about 5 s a round): on this shared host a slow
     # spell can last several seconds, and the best of 3 sometimes caught one variant in it.
-    sweep_repeats, sweep_steps = (1, 20) if args.quick else (3, None)
-    results.update(sweep_speedup(1 if args.quick else 5, sweep_steps))
+    slider_repeats, sweep_repeats, sweep_steps = (1, 1, 20) if args.quick else (5, 3, None)
+    results.update(sweep_speedup(slider_repeats, sweep_steps))
     if (os.cpu_count() or 1) > 1:
-        results.update(sweep_speedup(1 if args.quick else 5, sweep_steps, threads=os.cpu_count()))
+        results.update(sweep_speedup(slider_repeats, sweep_steps, threads=os.cpu_count()))
     # The unpooled 6-layer default (200 steps): its convolutions already run near their best
     # rate in a single run, which bounds what training together can gain (BENCHMARKS.md).
     unpooled = {"model": CNNConfig(), "train_config": TrainConfig(), "name": "_unpooled"}

@@ -262,6 +262,18 @@ class _Together:
     def batches(self):
         return batch_stream(self.data, self.base.batch_size, self.generator)
 
+    def passes(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One step's forward and backward pass of all K models on the batch ``(x, y)``: each
+        model's mean cross-entropy, and its gradients in ``.grad`` (a diverged model's loss
+        is left out). Returns the K losses."""
+        logits = self.wide(x)
+        losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.repeat_interleave(self.k),
+                                 reduction="none").view(len(y), self.k).mean(0)
+        for p in self.params:
+            p.grad = None
+        torch.where(self.alive, losses, torch.zeros_like(losses)).sum().backward()
+        return losses
+
     def run(self) -> list[Run]:
         base, k, device = self.base, self.k, self.device
         steps = base.steps
@@ -283,12 +295,7 @@ class _Together:
         done = 0
         for step, (x, y) in zip(range(steps), self.batches()):
             self.collect = self.wide.observe = step % base.activation_every == 0
-            logits = self.wide(x)
-            losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.repeat_interleave(k),
-                                     reduction="none").view(len(y), k).mean(0)
-            for p in self.params:
-                p.grad = None
-            torch.where(self.alive, losses, torch.zeros_like(losses)).sum().backward()
+            losses = self.passes(x, y)
             grads = self.copy_rows([_blocks(p.grad, k) for p in self.params], self.grad_rows)
             grad_norms = self.slot_norms(grads)                                      # (layers, K)
             total = grad_norms.pow(2).sum(0).sqrt()

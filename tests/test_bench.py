@@ -17,7 +17,7 @@ def test_sweep_speedup_is_sequential_time_over_together_time():
 
 def test_the_passes_only_reference_runs_the_wide_networks_passes_on_the_same_batches(monkeypatch):
     """_passes_only's time is a lower bound on train_many's only if it does the same passes:
-    one forward and one backward of the K-wide network per step, on train_many's batches."""
+    one forward (and backward) of the K-wide network per step, on train_many's batches."""
     from gradcourse.data import load_data
     from gradcourse.live_explorer import LIVE_MODEL, LIVE_TRAIN
     from gradcourse.vectorized import WideCNN
