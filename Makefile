@@ -12,8 +12,12 @@ export GRADCOURSE_PROGRESS ?= 0
 # not depend on the machine's core count (a kernel's threads change the order of its sums).
 export OMP_NUM_THREADS ?= 1
 export GRADCOURSE_CACHE ?= $(CURDIR)/.cache/gradcourse
+# MathJax is served from the built book itself (no CDN): npm's package, copied where
+# _config.yml's html_static_path picks it up.
+MATHJAX_VERSION := 3.2.2
+MATHJAX := .cache/mathjax/mathjax/tex-chtml.js
 
-.PHONY: book test bench clean env
+.PHONY: book test bench clean env mathjax
 
 env: $(STAMP)
 
@@ -25,9 +29,18 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $@
 
+mathjax: $(MATHJAX)
+
+$(MATHJAX):
+	@command -v npm >/dev/null || { echo "make book needs npm (apt-get install -y nodejs npm) to install MathJax"; exit 1; }
+	rm -rf .cache/npm .cache/mathjax && mkdir -p .cache/npm .cache/mathjax
+	npm install --silent --no-audit --no-fund --prefix .cache/npm mathjax@$(MATHJAX_VERSION)
+	cp -r .cache/npm/node_modules/mathjax/es5 .cache/mathjax/mathjax
+	@test -f $@
+
 # Notebooks built into the static book show precomputed sliders, not kernel-bound widgets.
 book: export GRADCOURSE_STATIC_BUILD = 1
-book: $(STAMP)
+book: $(STAMP) $(MATHJAX)
 	@# Run every notebook afresh, one per core (jupyter-cache's parallel executor), then build:
 	@# the book reads the outputs from that cache and reruns any notebook that failed there.
 	rm -rf $(NOTEBOOK_CACHE) && mkdir -p $(NOTEBOOK_CACHE)

@@ -31,8 +31,11 @@ class CNNConfig:
         leaky_slope: negative slope of ``leaky_relu``.
         norm: normalization after each convolution: ``none``, ``batch``, ``group`` or
             ``layer`` (layer norm over channels and positions, i.e. one group).
-        residual: add an identity shortcut around ``conv2`` ... ``convN``:
-            ``y = x + residual_scale * act(norm(conv(x)))``.
+        residual: make ``conv2`` ... ``convN`` pre-activation residual blocks
+            (He et al. 2016, "Identity mappings"): ``y = x + residual_scale *
+            conv(act(norm(x)))``. The branch ends in a convolution, so its output has
+            mean about zero and the sum does not drift with depth. ``conv1`` stays
+            ``act(norm(conv(x)))``.
         residual_scale: multiplier on each residual branch (0 gives SkipInit-style identity
             blocks at initialization).
         init: weight initialization of convolutions and ``fc``: ``default`` (PyTorch's),
@@ -79,10 +82,14 @@ class CNNConfig:
 
 
 class ConvBlock(nn.Module):
-    """``act(norm(conv(x)))``, optionally with an identity shortcut around it."""
+    """A plain block ``act(norm(conv(x)))``, or a pre-activation residual block
+    ``x + residual_scale * conv(act(norm(x)))``."""
 
     def __init__(self, in_channels: int, out_channels: int, config: CNNConfig, residual: bool):
         super().__init__()
+        if residual and in_channels != out_channels:
+            raise ValueError(f"a residual block needs in_channels == out_channels, got {in_channels} "
+                             f"and {out_channels}")
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
         self.norm = _norm(config.norm, out_channels)
         self.act = _activation(config)
@@ -90,8 +97,16 @@ class ConvBlock(nn.Module):
         self.residual_scale = config.residual_scale
 
     def forward(self, x):
-        out = self.act(self.norm(self.conv(x)))
-        return x + self.residual_scale * out if self.residual else out
+        return block_rule(self, x)
+
+
+def block_rule(block, x: torch.Tensor) -> torch.Tensor:
+    """The one definition of a block's output, for :class:`ConvBlock` and for the K-wide
+    blocks of :mod:`gradcourse.vectorized` (anything with ``conv``, ``norm``, ``act``,
+    ``residual`` and ``residual_scale``)."""
+    if block.residual:
+        return x + block.residual_scale * block.conv(block.act(block.norm(x)))
+    return block.act(block.norm(block.conv(x)))
 
 
 class CNN(nn.Module):

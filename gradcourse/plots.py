@@ -9,6 +9,7 @@ viridis for heatmaps) and magnitudes that span decades use log scales.
 from __future__ import annotations
 
 import io
+import math
 from typing import Mapping
 
 import matplotlib
@@ -113,26 +114,29 @@ def plot_grad_norm_profile(runs, steps=(0,), ax=None, title: str | None = None):
     ax.set_title(title or "Gradient norm by layer")
     ax.set_yscale("log")
     ax.set_ylabel("gradient norm (log scale)")
-    names: list[str] = []
+    # Runs of different depths share one axis of layer names: each value is drawn at its
+    # own layer's tick (the 6-layer run's fc at fc, not at the 20-layer run's conv7).
+    names = merged_layer_order([run.layer_names for run in runs.values()])
+    position = {name: i for i, name in enumerate(names)}
     line_styles = ["-", "--", ":", "-."]
     palette = colors(len(runs))
     drawn = 0
     for color, (label, run) in zip(palette, runs.items()):
-        names = run.layer_names if len(run.layer_names) > len(names) else names
+        x = [position[name] for name in run.layer_names]
         for style, step in zip(line_styles * 4, steps):
             if not len(run.stat_step) or step > run.stat_step[-1]:
                 continue
             row = int(np.argmin(np.abs(run.stat_step - step)))
             values = _positive(run.layer_grad_norm[row])
             suffix = f", step {run.stat_step[row]}" if len(steps) > 1 else ""
-            ax.plot(range(len(values)), values, style, marker="o", markersize=3, color=color, label=f"{label}{suffix}")
+            ax.plot(x, values, style, marker="o", markersize=3, color=color, label=f"{label}{suffix}")
             drawn += 1
     if not drawn:
         _empty(ax, "no recorded steps")
         return fig
-    ax.set_xticks(range(len(names)), names, rotation=90 if len(names) > 8 else 0, fontsize=8)
+    label_layer_axis(ax, names)
     ax.set_xlabel("layer (input → output)")
-    ax.legend(fontsize=8)
+    legend_outside(ax)
     ax.grid(True, which="major", alpha=0.3)
     return fig
 
@@ -205,6 +209,36 @@ def plot_activation_histograms(run: Run, layers=None, max_layers: int = 6, bins:
     for ax in axes[len(names):]:
         ax.axis("off")
     return fig
+
+
+def merged_layer_order(name_lists) -> list[str]:
+    """One order for the layers of several runs: each run's names keep their order, and a
+    name missing from the longest run goes right after its predecessor in its own run."""
+    lists = sorted(name_lists, key=len, reverse=True)
+    merged = list(lists[0]) if lists else []
+    for names in lists[1:]:
+        for i, name in enumerate(names):
+            if name not in merged:
+                after = merged.index(names[i - 1]) + 1 if i else 0
+                merged.insert(after, name)
+    return merged
+
+
+def label_layer_axis(ax, names, axis: str = "x", max_labels: int = 16) -> None:
+    """Tick every layer and label at most ``max_labels`` of them (always the first and the
+    last), so that 20-40 layer names never run together."""
+    step = max(1, math.ceil(len(names) / max_labels))
+    shown = [n if i % step == 0 or i == len(names) - 1 else "" for i, n in enumerate(names)]
+    if axis == "x":
+        ax.set_xticks(range(len(names)), shown, rotation=90 if len(names) > 8 else 0, fontsize=8)
+    else:
+        ax.set_yticks(range(len(names)), shown, fontsize=8)
+
+
+def legend_outside(ax, **kwargs) -> None:
+    """A legend to the right of the axes, off the data (constrained layout makes room)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False, **kwargs)
 
 
 def _spread(names: list[str], count: int) -> list[str]:

@@ -35,7 +35,7 @@ from torch import nn
 
 from .data import ImageData
 from .device import keep_freed_memory
-from .models import CNN, CNNConfig, ConvBlock, build_model
+from .models import CNN, CNNConfig, ConvBlock, block_rule, build_model
 from .monitor import ACTIVATION_STATS, HIST_BINS, flat_tests, float64_where_needed, pad_to_slots
 from .record import Run
 from .train import TrainConfig, batch_stream
@@ -105,12 +105,10 @@ class WideCNN(nn.Module):
     def forward(self, x):
         x = x.contiguous(memory_format=torch.channels_last)
         for name, block in zip(self.names, self.blocks):
-            z = block.norm(block.conv(x))
             if self.pool_first and not self.observe and name in self.downsample_after:
-                x = block.act(self.downsample(z))
+                x = block.act(self.downsample(block.norm(block.conv(x))))
                 continue
-            out = block.act(z)
-            x = x + block.residual_scale * out if block.residual else out
+            x = block_rule(block, x)
             if name in self.downsample_after:
                 x = self.downsample(x)
         return self.fc(x.mean(dim=(2, 3)).view(len(x), self.k, -1))

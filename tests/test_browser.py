@@ -1,8 +1,8 @@
-"""The static explorer in a real browser: headless Chromium, driven over WebDriver.
+"""The static explorer in a real browser: headless Chromium, driven by selenium.
 
-The test talks to Debian's ``chromedriver`` with plain HTTP (the W3C WebDriver protocol),
-so it needs no Python package beyond the standard library. It presses the arrow key on a
-slider, as a reader would, and checks that the image and the value label change.
+Selenium talks to Debian's ``chromedriver`` (its path given, so selenium-manager never
+downloads a driver). The tests press the arrow key on a slider, as a reader would, and
+check that the image and the value label change.
 
 Chromium missing: skipped on a developer machine, a failure in CI (``CI`` set), where
 ``.ci/run`` installs it with ``apt-get install -y chromium chromium-driver``.
@@ -11,95 +11,16 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import shutil
-import socket
-import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from gradcourse.static_explorer import static_explorer
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+from _chromium import BOOK_HTML, Browser, require_chromium
 
 pytestmark = pytest.mark.browser
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-ELEMENT = "element-6066-11e4-a52e-4f735466cecf"  # the W3C key of an element reference
-ARROW_RIGHT = "\ue014"
-BOOK_HTML = Path(__file__).resolve().parent.parent / "_build" / "html"
-
-
-def require_chromium() -> None:
-    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)]
-    if not missing:
-        return
-    message = (f"headless Chromium is needed and {', '.join(missing)} is missing; "
-               f"install it with: apt-get install -y chromium chromium-driver")
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-class Browser:
-    """A minimal WebDriver client: just what these tests use."""
-
-    def __init__(self, profile_dir: Path):
-        port = _free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self.driver = subprocess.Popen([CHROMEDRIVER, f"--port={port}"], stdout=subprocess.DEVNULL,
-                                       stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if self._call("GET", "/status")["ready"]:
-                    break
-            except (urllib.error.URLError, ConnectionError):
-                pass
-            if time.monotonic() > deadline:
-                self.driver.kill()
-                raise RuntimeError("chromedriver did not start within 20 s")
-            time.sleep(0.1)
-        args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1200,1600",
-                f"--user-data-dir={profile_dir}"]
-        options = {"binary": CHROMIUM, "args": args}
-        capabilities = {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": options}}
-        session = self._call("POST", "/session", {"capabilities": capabilities})
-        self.session = f"/session/{session['sessionId']}"
-
-    def _call(self, method: str, path: str, body: dict | None = None):
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.url + path, data=data, method=method,
-                                         headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                return json.loads(response.read())["value"]
-        except urllib.error.HTTPError as error:
-            raise RuntimeError(f"WebDriver {method} {path} failed: {error.read().decode()[:500]}") from None
-
-    def open(self, path: Path) -> None:
-        self._call("POST", f"{self.session}/url", {"url": path.resolve().as_uri()})
-
-    def find_all(self, css: str) -> list[str]:
-        found = self._call("POST", f"{self.session}/elements", {"using": "css selector", "value": css})
-        return [element[ELEMENT] for element in found]
-
-    def press(self, element: str, keys: str) -> None:
-        self._call("POST", f"{self.session}/element/{element}/value", {"text": keys})
-
-    def script(self, source: str, *args):
-        return self._call("POST", f"{self.session}/execute/sync", {"script": source, "args": list(args)})
-
-    def close(self) -> None:
-        try:
-            self._call("DELETE", self.session)
-        finally:
-            self.driver.terminate()
-            self.driver.wait(timeout=10)
 
 
 @pytest.fixture
@@ -152,7 +73,7 @@ def test_moving_a_slider_swaps_the_image_and_the_label(browser, tmp_path):
     assert before["alt"].endswith("(learning rate = 0.01, clip threshold = off)")
 
     lr_slider = browser.find_all(f"#{block} input[type=range]")[0]
-    browser.press(lr_slider, ARROW_RIGHT)
+    browser.press(lr_slider, Keys.ARROW_RIGHT)
     after = browser.script(STATE, block)
     assert after["labels"] == ["0.03", "off"]
     assert after["src"] != before["src"]
@@ -170,7 +91,7 @@ def test_two_blocks_on_one_page_move_independently(browser, tmp_path):
     assert len(ids) == 2 and ids[0] != ids[1]
     before = [browser.script(STATE, block) for block in ids]
     clip_slider = browser.find_all(f"#{ids[1]} input[type=range]")[1]
-    browser.press(clip_slider, ARROW_RIGHT)
+    browser.press(clip_slider, Keys.ARROW_RIGHT)
     after = [browser.script(STATE, block) for block in ids]
     assert after[0] == before[0], "moving the second block's slider changed the first block"
     assert after[1]["labels"] == ["0.01", "1"]
@@ -203,7 +124,7 @@ def test_the_block_works_when_inserted_the_way_jupyterlab_does(browser, tmp_path
     (block,) = block_ids(browser)
     before = browser.script(STATE, block)
     assert before["disabled"] == [False, False] and not before["nojs"], "the script did not run"
-    browser.press(browser.find_all(f"#{block} input[type=range]")[0], ARROW_RIGHT)
+    browser.press(browser.find_all(f"#{block} input[type=range]")[0], Keys.ARROW_RIGHT)
     after = browser.script(STATE, block)
     assert after["labels"] == ["0.03", "off"] and after["src"] != before["src"]
 
@@ -225,13 +146,7 @@ def test_explorer_in_the_built_book_responds(browser):
             before = browser.script(STATE, block)
             assert not before["nojs"], f"{page.name}: the explorer's script did not run"
             slider = browser.find_all(f"#{block} input[type=range]")[0]
-            browser.press(slider, ARROW_RIGHT)
+            browser.press(slider, Keys.ARROW_RIGHT)
             after = browser.script(STATE, block)
             assert after["labels"][0] != before["labels"][0], f"{page.name}: the label did not change"
             assert after["src"] != before["src"], f"{page.name}: the image did not change"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

@@ -1,0 +1,67 @@
+"""Figures draw what their labels say."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import gradcourse as gc  # noqa: E402
+from gradcourse.plots import merged_layer_order  # noqa: E402
+
+SHORT = gc.TrainConfig(lr=0.05, steps=2, batch_size=16, eval_every=2)
+
+
+@pytest.fixture(scope="module")
+def shallow_and_deep(digits):
+    shallow = gc.train(gc.CNNConfig(depth=3, width=4), SHORT, digits, device="cpu")
+    deep = gc.train(gc.CNNConfig(depth=7, width=4), SHORT, digits, device="cpu")
+    return shallow, deep
+
+
+def _points_by_tick(ax):
+    """{tick label: [y values drawn at that tick]} over every line of the axes."""
+    labels = {int(round(t)): label.get_text() for t, label in zip(ax.get_xticks(), ax.get_xticklabels())}
+    drawn: dict[str, list[float]] = {}
+    for line in ax.get_lines():
+        for x, y in zip(line.get_xdata(), line.get_ydata()):
+            drawn.setdefault(labels[int(round(x))], []).append(float(y))
+    return drawn
+
+
+@pytest.mark.parametrize("order", ["shallow first", "deep first"])
+def test_grad_norm_profile_draws_each_value_at_its_own_layer_name(shallow_and_deep, order):
+    shallow, deep = shallow_and_deep
+    runs = {"shallow": shallow, "deep": deep}
+    if order == "deep first":
+        runs = {"deep": deep, "shallow": shallow}
+    fig = gc.plot_grad_norm_profile(runs)
+    drawn = _points_by_tick(fig.axes[0])
+    plt.close(fig)
+    for run in (shallow, deep):
+        for name, value in run.grad_norm_at(0).items():
+            assert any(np.isclose(value, y) for y in drawn[name]), f"{name} of a {len(run.layer_names)}-layer run"
+    # The shallow run's fc is not drawn at the deep run's conv4 (its position in the list).
+    assert not any(np.isclose(shallow.grad_norm_at(0)["fc"], y) for y in drawn["conv4"])
+
+
+def test_merged_layer_order_keeps_every_runs_order():
+    assert merged_layer_order([["conv1", "fc"], ["conv1", "conv2", "conv3", "fc"]]) == \
+        ["conv1", "conv2", "conv3", "fc"]
+    runs = [["stem", "head"], ["stem", "block", "head"], ["stem", "extra", "head"]]
+    merged = merged_layer_order(runs)
+    assert sorted(merged) == ["block", "extra", "head", "stem"]
+    for names in runs:
+        assert [merged.index(n) for n in names] == sorted(merged.index(n) for n in names)
+
+
+def test_a_long_layer_axis_labels_at_most_sixteen_ticks():
+    fig, ax = plt.subplots()
+    names = [f"conv{i}" for i in range(1, 41)] + ["fc"]
+    gc.plots.label_layer_axis(ax, names)
+    shown = [label.get_text() for label in ax.get_xticklabels() if label.get_text()]
+    plt.close(fig)
+    assert len(ax.get_xticks()) == 41 and 2 <= len(shown) <= 16
+    assert shown[0] == "conv1" and shown[-1] == "fc"
