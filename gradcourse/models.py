@@ -129,6 +129,11 @@ class CNN(nn.Module):
                 self.downsample_after.add(name)
                 size //= 2
         self.downsample = nn.MaxPool2d(2) if config.pool == "max" else nn.AvgPool2d(2)
+        # A pre-activation network ends with the normalization and activation that a next
+        # block would start with (He et al. 2016): the head reads normalized features, not
+        # the raw residual sum, whose scale grows with depth.
+        self.head_norm = _norm(config.norm, config.width) if config.residual else nn.Identity()
+        self.head_act = _activation(config) if config.residual else nn.Identity()
         self.fc = nn.Linear(config.width, num_classes)
         initialize(self, config)
         if config.weight_norm:
@@ -152,7 +157,7 @@ class CNN(nn.Module):
             x = block(x)
             if name in self.downsample_after:
                 x = self.downsample(x)
-        return self.fc(x.mean(dim=(2, 3)))
+        return self.fc(self.head_act(self.head_norm(x)).mean(dim=(2, 3)))
 
     def summary(self, input_shape) -> list[dict]:
         """Output shape and parameter count of each layer for one input of ``input_shape`` (C, H, W)."""

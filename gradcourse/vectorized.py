@@ -86,9 +86,10 @@ class WideCNN(nn.Module):
             act = blocks[0].act
             if type(act) is nn.ReLU:  # in place: no second 8x-wide tensor to write (5 % of a step)
                 act = nn.ReLU(inplace=True)
-            block.conv, block.norm, block.act = wide_conv, _wide_norm(blocks), act
+            block.conv, block.norm, block.act = wide_conv, _wide_norm([b.norm for b in blocks]), act
             block.residual, block.residual_scale = blocks[0].residual, blocks[0].residual_scale
             self.blocks.append(block)
+        self.head_norm, self.head_act = _wide_norm([m.head_norm for m in models]), first.head_act
         self.fc = _ManyLinear([m.fc for m in models])
         self.layer_modules = list(self.blocks) + [self.fc]
         # A max pool after a ReLU gives the same values and gradients when it comes first
@@ -111,6 +112,7 @@ class WideCNN(nn.Module):
             x = block_rule(block, x)
             if name in self.downsample_after:
                 x = self.downsample(x)
+        x = self.head_act(self.head_norm(x))
         return self.fc(x.mean(dim=(2, 3)).view(len(x), self.k, -1))
 
 
@@ -132,9 +134,9 @@ class _ManyLinear(nn.Module):
         return logits.transpose(0, 1)
 
 
-def _wide_norm(blocks) -> nn.Module:
-    norm = blocks[0].norm
-    k = len(blocks)
+def _wide_norm(norms) -> nn.Module:
+    """K normalization layers (one per model) as one over K x channels."""
+    norm, k = norms[0], len(norms)
     if isinstance(norm, nn.BatchNorm2d):
         wide = nn.BatchNorm2d(norm.num_features * k)
     elif isinstance(norm, nn.GroupNorm):
@@ -142,8 +144,8 @@ def _wide_norm(blocks) -> nn.Module:
     else:
         return nn.Identity()
     with torch.no_grad():
-        wide.weight.copy_(torch.cat([b.norm.weight for b in blocks]))
-        wide.bias.copy_(torch.cat([b.norm.bias for b in blocks]))
+        wide.weight.copy_(torch.cat([n.weight for n in norms]))
+        wide.bias.copy_(torch.cat([n.bias for n in norms]))
     return wide
 
 
@@ -183,7 +185,11 @@ class _Together:
         self.threshold = torch.tensor([c.clip_threshold for c in configs], device=device)
         self.momentum = torch.tensor([c.momentum if c.optimizer == "momentum" else 0.0 for c in configs],
                                      device=device)
+        # A residual network's head normalization is trained and clipped with the rest, in a
+        # slot after fc's; the records keep the named layers only, as train()'s monitor does.
         self.layer_params = [list(m.parameters()) for m in wide.layer_modules]
+        if list(wide.head_norm.parameters()):
+            self.layer_params.append(list(wide.head_norm.parameters()))
         self.params = [p for group in self.layer_params for p in group]
         self.layer_sizes = [sum(p.numel() // self.k for p in group) for group in self.layer_params]
         # The optimizer works on rows: row i holds model i's gradients (then its momentum buffer,
@@ -393,8 +399,9 @@ class _Together:
             loss=to_np(loss_hist[:stop, i]), lr=np.full(stop, self.configs[i].lr),
             grad_norm=to_np(before_hist[:stop, i]), grad_norm_clipped=to_np(after_hist[:stop, i]),
             clipped=fired_hist[:stop, i].cpu().numpy(), stat_step=np.arange(stop),
-            layer_grad_norm=to_np(layer_grad[:stop, :, i]), layer_weight_norm=to_np(layer_weight[:stop, :, i]),
-            layer_update_ratio=to_np(layer_ratio[:stop, :, i]), act_step=np.arange(act_rows) * every,
+            layer_grad_norm=to_np(layer_grad[:stop, :len(names), i]),
+            layer_weight_norm=to_np(layer_weight[:stop, :len(names), i]),
+            layer_update_ratio=to_np(layer_ratio[:stop, :len(names), i]), act_step=np.arange(act_rows) * every,
             act_mean=acts[:, :, 0], act_std=acts[:, :, 1], act_saturated=acts[:, :, 2], act_dead=acts[:, :, 3],
             eval_step=np.array([e[0] for e in kept], dtype=int),
             train_acc=np.array([e[1][i] for e in kept]), val_acc=np.array([e[2][i] for e in kept]),
