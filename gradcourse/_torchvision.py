@@ -4,14 +4,16 @@ That pairing fails at import with ``operator torchvision::nms does not exist``: 
 compiled extension cannot load, so the operator schemas its Python code registers
 fake kernels for are missing. Declaring the two schemas first lets the pure-Python parts
 (datasets, transforms, models without weights) import. The fix is applied only when
-the plain import fails, and announced once; ``torchvision.ops.nms`` and the image codecs
-stay unavailable in that case (the course uses neither).
+the plain import fails, and logged once on the ``gradcourse`` logger at INFO level (a
+known property of the environment, not something a reader of a chapter can act on:
+``logging.basicConfig(level=logging.INFO)`` shows it); ``torchvision.ops.nms`` and the
+image codecs stay unavailable in that case (the course uses neither).
 """
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
-import warnings
 
 _library = None  # keeps the schema registration alive for the life of the process
 
@@ -33,11 +35,8 @@ def import_torchvision():
     _library = torch.library.Library("torchvision", "DEF")
     for op in ("nms", "qnms"):
         _library.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    warnings.warn(
+    logging.getLogger("gradcourse").info(
         "torchvision's compiled extension does not match this torch build (a CPU torch with a CUDA "
         "torchvision); gradcourse declared the missing operator schemas so datasets and transforms work. "
-        "torchvision.ops.nms and torchvision.io image codecs are unavailable in this environment.",
-        RuntimeWarning,
-        stacklevel=2,
-    )
+        "torchvision.ops.nms and torchvision.io image codecs are unavailable in this environment.")
     return importlib.import_module("torchvision")

@@ -256,7 +256,9 @@ class LayerMonitor:
         region and fraction of channels flat for the whole batch, at the last forward pass
         the hooks read (zeros for a module not read yet)."""
         raw = self._raw
-        sizes = torch.tensor(self._sizes, dtype=raw.dtype, device=raw.device)
+        # (modules, 2); (0, 2) for a model whose activations are functions in forward()
+        # (torch.relu), which no module hook can see.
+        sizes = torch.tensor(self._sizes, dtype=raw.dtype, device=raw.device).reshape(-1, 2)
         offset = raw[:, 1] / sizes[:, 0]
         var = (raw[:, 2] / sizes[:, 0] - offset * offset).clamp_min(0.0)
         return torch.stack([raw[:, 0] + offset, var.sqrt(), raw[:, 3] / sizes[:, 0], raw[:, 4] / sizes[:, 1]],

@@ -99,7 +99,7 @@ def plot_gradient_flow(run: Run, ax=None, title: str | None = None, vmin: float 
     last = steps[-1] + (steps[1] - steps[0] if len(steps) > 1 else 1)
     image = ax.imshow(np.ma.masked_invalid(data), aspect="auto", cmap=HEATMAP, norm=norm, interpolation="nearest",
                       extent=(steps[0] - 0.5, last - 0.5, len(run.layer_names) - 0.5, -0.5))
-    ax.set_yticks(range(len(run.layer_names)), run.layer_names, fontsize=7 if len(run.layer_names) > 12 else 9)
+    label_layer_axis(ax, run.layer_names, axis="y")
     fig.colorbar(image, ax=ax, label="gradient norm (log scale)")
     _mark_divergence(ax, run, color="white")
     return fig
@@ -170,7 +170,7 @@ def plot_activation_stats(run: Run, stat: str = "saturated", ax=None, title: str
         ax.set_yscale("log")
     elif stat in ("saturated", "dead"):
         ax.set_ylim(-0.02, 1.02)
-    ax.legend(fontsize=7, ncol=2 if len(run.activation_names) > 8 else 1, loc="best")
+    layer_key(ax, run.activation_names)
     _mark_divergence(ax, run)
     return fig
 
@@ -181,9 +181,12 @@ def plot_activation_histograms(run: Run, layers=None, max_layers: int = 6, bins:
     Every column is one recorded step; the value axis is fitted to the values the layer
     actually produced over the run."""
     names = list(layers) if layers is not None else _spread(run.activation_names, max_layers)
-    fig, axes = plt.subplots(1, max(len(names), 1), figsize=(2.3 * max(len(names), 1) + 1, 3.2),
-                             layout="constrained", squeeze=False)
-    axes = axes[0]
+    # At most 3 panels a row, so that the figure is read at the book's column width.
+    columns = min(max(len(names), 1), 3)
+    rows = math.ceil(max(len(names), 1) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(7.0, 2.6 * rows + 0.6), layout="constrained",
+                             squeeze=False)
+    axes = axes.ravel()
     fig.suptitle("Activation histograms over training")
     if not len(run.hist_step):
         _empty(axes[0], "no histograms recorded")
@@ -201,14 +204,35 @@ def plot_activation_histograms(run: Run, layers=None, max_layers: int = 6, bins:
             image[:, column] = np.diff(np.interp(edges, np.linspace(lo, hi, len(row) + 1), cumulative))
         image = image / np.maximum(image.sum(axis=0, keepdims=True), 1)
         masked = np.ma.masked_less_equal(image, 0)
-        ax.imshow(masked, aspect="auto", origin="lower", cmap=HEATMAP, norm=LogNorm(vmin=1e-4, vmax=1),
-                  extent=(run.hist_step[0], run.hist_step[-1] + 1, low, high), interpolation="nearest")
+        image = ax.imshow(masked, aspect="auto", origin="lower", cmap=HEATMAP, norm=LogNorm(vmin=1e-4, vmax=1),
+                          extent=(run.hist_step[0], run.hist_step[-1] + 1, low, high), interpolation="nearest")
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("step")
-    axes[0].set_ylabel("activation value")
+    for row in range(rows):
+        axes[row * columns].set_ylabel("activation value")
     for ax in axes[len(names):]:
         ax.axis("off")
+    fig.colorbar(image, ax=axes[:len(names)].tolist(), label="fraction of values (log scale)", shrink=0.9)
     return fig
+
+
+def readable_log_axis(ax) -> None:
+    """Label a log y axis spanning less than two decades with plain numbers at 1, 2, 5 x 10^k
+    (and no minor ticks: the labels already mark those); drop the minor ticks of one spanning
+    more than four decades (clutter, and slow to draw)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator
+
+    low, high = ax.get_ylim()
+    if not 0 < low < high:
+        return
+    if high / low > 1e4:
+        ax.yaxis.set_minor_locator(NullLocator())
+    if high / low >= 100:
+        return
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.yaxis.set_minor_locator(NullLocator())
+    ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def merged_layer_order(name_lists) -> list[str]:
@@ -241,6 +265,24 @@ def legend_outside(ax, **kwargs) -> None:
         ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False, **kwargs)
 
 
+def layer_key(ax, names, cmap: str = HEATMAP) -> None:
+    """Which colour is which layer, off the data: a legend beside the axes for up to 8
+    layers, a colour bar labelled with layer names (every few) for more."""
+    if len(names) <= 8:
+        legend_outside(ax)
+        return
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+
+    palette = ListedColormap(depth_colors(len(names), cmap))
+    mappable = ScalarMappable(norm=BoundaryNorm(np.arange(len(names) + 1) - 0.5, len(names)), cmap=palette)
+    bar = ax.figure.colorbar(mappable, ax=ax, pad=0.02)
+    step = max(1, math.ceil(len(names) / 10))
+    ticks = sorted(set(range(0, len(names), step)) | {len(names) - 1})
+    bar.set_ticks(ticks, labels=[names[i] for i in ticks], fontsize=8)
+    bar.set_label("layer (input at the bottom)")
+
+
 def _spread(names: list[str], count: int) -> list[str]:
     if len(names) <= count:
         return list(names)
@@ -264,7 +306,7 @@ def plot_update_ratio(run: Run, ax=None, band=UPDATE_RATIO_BAND, title: str | No
     for color, (index, name) in zip(depth_colors(len(run.layer_names)), enumerate(run.layer_names)):
         ax.plot(run.stat_step, _positive(run.layer_update_ratio[:, index]), color=color, linewidth=1,
                 marker="o" if len(run.stat_step) == 1 else None, label=name)
-    ax.legend(fontsize=7, ncol=2 if len(run.layer_names) > 8 else 1)
+    layer_key(ax, run.layer_names)
     _mark_divergence(ax, run)
     return fig
 
@@ -279,8 +321,14 @@ def plot_training_curves(runs, metrics=("loss", "val_acc"), title: str | None = 
     for metric in metrics:
         if metric not in allowed:
             raise ValueError(f"metric {metric!r} is not allowed; choose from: {', '.join(allowed)}")
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5.0 * len(metrics), 3.6), layout="constrained", squeeze=False)
-    axes = axes[0]
+    # Two panels a row at most, 7 inches wide: read at the book's column width.
+    columns = min(len(metrics), 2)
+    rows = math.ceil(len(metrics) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(7.0, 2.9 * rows + 0.5), layout="constrained",
+                             squeeze=False)
+    axes = axes.ravel()
+    for ax in axes[len(metrics):]:
+        ax.axis("off")
     if title:
         fig.suptitle(title)
     for color, (label, run) in zip(colors(len(runs)), runs.items()):
@@ -305,10 +353,15 @@ def plot_training_curves(runs, metrics=("loss", "val_acc"), title: str | None = 
                        "lr": "learning rate (log scale)", "grad_norm": "total gradient norm (log scale)"}[metric])
         if metric in ("loss", "lr", "grad_norm"):
             ax.set_yscale("log")
+            readable_log_axis(ax)
         if metric.endswith("acc"):
             ax.set_ylim(0, 1.02)
         ax.grid(True, alpha=0.3)
-    axes[0].legend(fontsize=8)
+    # One legend for all panels, under them: it never covers a curve.
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", fontsize=8, frameon=False,
+                   ncol=min(len(handles), 2 if max(map(len, labels)) > 28 else 3))
     return fig
 
 
@@ -334,6 +387,6 @@ def plot_clipping(run: Run, ax=None, title: str | None = None):
                 label="clipped steps")
     if config.clip == "norm":
         ax.axhline(config.clip_threshold, color="0.3", linestyle="--", label=f"threshold {config.clip_threshold:g}")
-    ax.legend(fontsize=8)
+    legend_outside(ax)
     _mark_divergence(ax, run)
     return fig

@@ -108,11 +108,14 @@ class Run:
         return norms[first] / norms[last]
 
     def summary(self) -> str:
-        """One line: steps, final loss and accuracy, divergence and clipping."""
-        state = f"diverged at step {self.diverged_at} ({self.diverged_reason})" if self.diverged else "finished"
-        loss = f"{self.loss[-1]:.4f}" if len(self.loss) else "n/a"
-        return (f"{state}: {self.steps_done} steps, final loss {loss}, val acc {self.final_val_acc:.3f}, "
-                f"clipped {self.clip_fraction:.0%} of steps, {self.seconds:.2f} s on {self.device}")
+        """One line of at most about 70 characters: steps, final loss, validation accuracy,
+        clipping; a diverged run as "diverged at step N" with the reason."""
+        if self.diverged:
+            return f"diverged at step {self.diverged_at} ({self.diverged_reason})"
+        loss = f"{self.loss[-1]:.3g}" if len(self.loss) else "n/a"
+        clipped = f", clipped {self.clip_fraction:.0%}" if self.train_config.clip != "none" else ""
+        device = "" if self.device == "cpu" else f" on {self.device}"
+        return f"finished {self.steps_done} steps: loss {loss}, val acc {self.final_val_acc:.3f}{clipped}{device}"
 
     def __repr__(self) -> str:
         return f"Run({self.data_name}, {self.summary()})"

@@ -223,7 +223,9 @@ def explorer_figure(run, title: str | None = None, loss_limits: tuple | None = N
     import numpy as np
     from matplotlib.figure import Figure
 
-    many = len(run.layer_names) > 10
+    from .plots import label_layer_axis, readable_log_axis
+
+    many = len(run.layer_names) > 8
     width, height = figsize
     # Fixed margins (in inches) and title positions rather than a layout engine: every frame
     # lines up, and drawing takes about half the time, which a live explorer feels.
@@ -263,33 +265,29 @@ def explorer_figure(run, title: str | None = None, loss_limits: tuple | None = N
         grad_ax.legend(fontsize=8, loc="best")
     else:
         grad_ax.text(0.5, 0.5, "no recorded steps", transform=grad_ax.transAxes, ha="center", color="0.4")
-    grad_ax.set_xticks(list(layers), run.layer_names, rotation=90 if many else 0, fontsize=7 if many else 8)
+    label_layer_axis(grad_ax, run.layer_names, max_labels=8)
     grad_ax.set_xlabel("layer (input → output)")
     for ax, limits in ((loss_ax, loss_limits), (grad_ax, grad_limits)):
         if limits is not None:
             ax.set_ylim(*limits)
-        _readable_log_axis(ax)
+        readable_log_axis(ax)
         ax.grid(True, alpha=0.3)
+    _mark_off_axis(loss_ax, loss)
     return fig
 
 
-def _readable_log_axis(ax) -> None:
-    """Label a log y axis spanning less than two decades with plain numbers at 1, 2, 5 x 10^k
-    (and no minor ticks: the labels already mark those); drop the minor ticks of one spanning
-    more than four decades (clutter, and slow to draw)."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator
+def _mark_off_axis(ax, values) -> None:
+    """Where a curve leaves the top of a fixed axis, say so at the edge instead of cutting
+    it silently: an arrow at the first step above the axis, and from which step."""
+    import numpy as np
 
-    low, high = ax.get_ylim()
-    if not 0 < low < high:
-        return
-    if high / low > 1e4:
-        ax.yaxis.set_minor_locator(NullLocator())
-    if high / low >= 100:
-        return
-    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-    ax.yaxis.set_minor_locator(NullLocator())
-    ax.yaxis.set_minor_formatter(NullFormatter())
+    top = ax.get_ylim()[1]
+    above = np.flatnonzero(np.nan_to_num(values, nan=-np.inf) > top)
+    if len(above):
+        step = int(above[0])
+        ax.annotate(f"off the axis from step {step}", xy=(step, top), xytext=(0, -14),
+                    textcoords="offset points", ha="left", va="top", fontsize=8, color=DIVERGED_COLOR,
+                    arrowprops={"arrowstyle": "->", "color": DIVERGED_COLOR})
 
 
 def render_png(fig, dpi: int = FRAME_DPI, palette: bool = True) -> bytes:

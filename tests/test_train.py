@@ -169,7 +169,34 @@ def test_layer_index_names_the_layers_when_a_name_is_wrong(digits):
 def test_summary_reports_steps_loss_and_accuracy(digits):
     run = tiny_run(digits)
     text = run.summary()
-    assert text.startswith("finished: 20 steps") and "val acc" in text and "cpu" in text
+    assert text.startswith("finished 20 steps: loss ") and "val acc" in text and len(text) <= 80
+
+
+class FunctionalReLUNet(nn.Module):
+    """Activations as functions in forward(): no module for a hook to watch."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def test_a_model_with_functional_activations_trains_with_its_layers_monitored(digits):
+    import matplotlib.pyplot as plt
+
+    torch.manual_seed(0)
+    run = gc.train(train_config=gc.TrainConfig(steps=5, batch_size=16), data=digits, model=FunctionalReLUNet(),
+                   device="cpu")
+    assert run.steps_done == 5 and not run.diverged
+    assert run.layer_names == ["conv1", "conv2", "fc"] and run.activation_names == []
+    assert bool((run.layer_grad_norm > 0).all())
+    for plot in ("plot_activation_stats", "plot_grad_norm_profile", "plot_gradient_flow"):
+        getattr(gc, plot)(run)
+    plt.close("all")
 
 
 def test_train_accepts_any_module_and_monitors_its_layers(digits):
