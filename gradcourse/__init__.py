@@ -16,7 +16,8 @@ from .clipping import adaptive_clip_grad_, clip_gradients, total_grad_norm, unit
 from .data import DataConfig, DatasetUnavailable, ImageData, available_offline, load_data
 from .device import available_devices, describe_device, keep_freed_memory, pick_device
 from .models import CNN, CNNConfig, build_model
-from .monitor import LayerMonitor, backward_signal
+from .monitor import LayerMonitor, backward_signal, jacobian_singular_values
+from .range_test import RangeTest, lr_range_test
 from .record import Run
 from .train import TrainConfig, apply_max_norm, make_optimizer, make_scheduler, train
 # These three modules share a name with their main function, so they are imported here (each
@@ -35,7 +36,7 @@ _LAZY = {
     "plots": "plots",
     "plot_gradient_flow": "plots", "plot_grad_norm_profile": "plots", "plot_activation_stats": "plots",
     "plot_activation_histograms": "plots", "plot_update_ratio": "plots", "plot_training_curves": "plots",
-    "plot_clipping": "plots", "figure_to_png": "plots",
+    "plot_clipping": "plots", "figure_to_png": "plots", "plot_lr_range_test": "plots",
 }
 
 
@@ -58,6 +59,6 @@ __all__ = [
     "build_model", "clip_gradients", "describe_device", "load_data", "make_optimizer", "make_scheduler",
     "pick_device", "total_grad_norm", "train", "unitwise_norm", "sweep", "StaticExplorer", "static_explorer",
     "sweep_explorer", "LiveExplorer", "in_static_build", "live_explorer", "train_many", "can_train_together",
-    "keep_freed_memory",
+    "keep_freed_memory", "RangeTest", "lr_range_test", "jacobian_singular_values",
     *sorted(_LAZY),
 ]

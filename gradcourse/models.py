@@ -150,14 +150,18 @@ class CNN(nn.Module):
         """Each conv layer's activation function module, keyed by the layer's name."""
         return OrderedDict((name, block.act) for name, block in self.layers().items() if name != "fc")
 
-    def forward(self, x):
+    def features(self, x):
+        """The feature maps the head pools: every block, with its downsampling, input to output."""
         for name, block in self.layers().items():
             if name == "fc":
                 break
             x = block(x)
             if name in self.downsample_after:
                 x = self.downsample(x)
-        return self.fc(self.head_act(self.head_norm(x)).mean(dim=(2, 3)))
+        return self.head_act(self.head_norm(x))
+
+    def forward(self, x):
+        return self.fc(self.features(x).mean(dim=(2, 3)))
 
     def summary(self, input_shape) -> list[dict]:
         """Output shape and parameter count of each layer for one input of ``input_shape`` (C, H, W)."""

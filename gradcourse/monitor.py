@@ -9,6 +9,9 @@ removes when its ``with`` block ends; nothing is kept but the statistics.
 """
 from __future__ import annotations
 
+import copy
+import warnings
+
 from collections import OrderedDict
 from typing import Callable, Mapping
 
@@ -394,3 +397,31 @@ def _histogram(y: torch.Tensor, lo, hi) -> torch.Tensor:
     CPU: one scaled copy and a ``bincount``."""
     index = (y.detach().float() - lo).mul_(HIST_BINS).div_(hi - lo).clamp_(0, HIST_BINS - 1)
     return torch.bincount(index.to(torch.int64).view(-1), minlength=HIST_BINS).to(torch.float32)
+
+
+def jacobian_singular_values(model: nn.Module, image: torch.Tensor) -> "np.ndarray":
+    """Singular values, largest first, of the Jacobian of a gradcourse CNN's feature maps
+    (``model.features``, before pooling) with respect to one input ``image`` (C, H, W), in
+    float64 and in eval mode (batch norm uses its running statistics).
+
+    Their spread is what dynamical isometry is about (Saxe et al. 2014; Pennington et al.
+    2017): the average gain can be 1 while a few directions explode and most vanish.
+    """
+    import numpy as np
+
+    was_training = model.training
+    model.eval()
+    try:
+        double = copy.deepcopy(model).double()
+        x = image.detach().to(next(double.parameters()).device, torch.float64).unsqueeze(0)
+        with warnings.catch_warnings():
+            # Forward-mode AD loads torch's own decompositions with torch.jit.script, which
+            # warns that it is deprecated: torch's internals, nothing a caller can change.
+            warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=DeprecationWarning)
+            # Forward mode: one pass per input pixel (64 for the digits), not per output value.
+            jacobian = torch.func.jacfwd(lambda inp: double.features(inp).reshape(-1))(x)
+        values = torch.linalg.svdvals(jacobian.detach().reshape(jacobian.shape[0], -1))
+    finally:
+        model.train(was_training)
+    return values.cpu().numpy()
+

@@ -390,3 +390,24 @@ def plot_clipping(run: Run, ax=None, title: str | None = None):
     legend_outside(ax)
     _mark_divergence(ax, run)
     return fig
+
+
+def plot_lr_range_test(result, ax=None, title: str | None = None):
+    """A learning-rate range test (:func:`gradcourse.lr_range_test`): smoothed training loss
+    against the learning rate (log x), with the steepest fall and the lowest loss marked."""
+    fig, ax = _axes(ax, (6.4, 3.6))
+    ax.set_title(title or "Learning-rate range test: one run, the rate raised every step")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel("smoothed training loss")
+    if not len(result.lrs):
+        _empty(ax, "no completed steps")
+        return fig
+    ax.plot(result.lrs, result.losses, color=OKABE_ITO[0], linewidth=1.5, label="loss")
+    for lr, name, color, style in ((result.steepest_lr, "steepest fall", OKABE_ITO[2], "--"),
+                                   (result.min_loss_lr, "lowest loss", OKABE_ITO[3], ":")):
+        ax.axvline(lr, color=color, linestyle=style, linewidth=1.2, label=f"{name}: lr {lr:.2g}")
+    ax.grid(True, which="major", alpha=0.3)
+    legend_outside(ax)
+    return fig
+

@@ -28,7 +28,7 @@ from .monitor import ACTIVATION_STATS, HIST_BINS, LayerMonitor
 from .record import Run
 
 OPTIMIZERS = ("sgd", "momentum", "rmsprop", "adagrad", "adam", "adamw")
-SCHEDULES = ("constant", "step", "exponential", "plateau", "warmup_cosine")
+SCHEDULES = ("constant", "step", "exponential", "plateau", "warmup_cosine", "one_cycle", "range_test")
 PROGRESS_ENV = "GRADCOURSE_PROGRESS"
 
 
@@ -48,12 +48,17 @@ class TrainConfig:
             optimizers, decoupled for ``adamw``).
         schedule: ``constant``, ``step`` (``StepLR``), ``exponential`` (``ExponentialLR``),
             ``plateau`` (``ReduceLROnPlateau`` on validation loss) or ``warmup_cosine``
-            (``LinearLR`` warmup then ``CosineAnnealingLR``).
+            (``LinearLR`` warmup then ``CosineAnnealingLR``), ``one_cycle`` (``OneCycleLR``:
+            up to ``lr`` over the first 30 % of the steps, then down to ``lr / 10^4``; it also
+            cycles the momentum of ``momentum`` and the first beta of Adam), or ``range_test``
+            (``LambdaLR``: from ``range_start`` up to ``lr`` geometrically, every step: the
+            learning-rate range test, see :func:`lr_range_test`).
         step_size: steps between decays for ``step``.
         gamma: decay factor for ``step`` (per ``step_size``), ``exponential`` (per step) and
             ``plateau`` (per reduction).
         patience: evaluations without improvement before ``plateau`` reduces the rate.
         warmup_steps: linear warmup length for ``warmup_cosine``.
+        range_start: the first step's learning rate for ``range_test``.
         clip: ``none``, ``norm`` (``clip_grad_norm_``), ``value`` (``clip_grad_value_``) or
             ``agc`` (adaptive unit-wise clipping; ``fc`` is left unclipped as in Brock et al.).
         clip_threshold: max total norm, max absolute value, or AGC's clip factor.
@@ -83,6 +88,7 @@ class TrainConfig:
     gamma: float = 0.5
     patience: int = 3
     warmup_steps: int = 0
+    range_start: float = 1e-5
     clip: str = "none"
     clip_threshold: float = 1.0
     max_weight_norm: float | None = None
@@ -110,6 +116,7 @@ class TrainConfig:
         check.number(owner, "gamma", self.gamma, 0.0, 1.0, low_open=True)
         check.integer(owner, "patience", self.patience, 0)
         check.integer(owner, "warmup_steps", self.warmup_steps, 0, self.steps)
+        check.number(owner, "range_start", self.range_start, 0.0, self.lr, low_open=True)
         check.choice(owner, "clip", self.clip, CLIP_MODES)
         check.number(owner, "clip_threshold", self.clip_threshold, 0.0, 1e12, low_open=True)
         if self.max_weight_norm is not None:
@@ -393,6 +400,13 @@ def make_scheduler(optimizer, config: TrainConfig):
             return cosine
         warmup = sched.LinearLR(optimizer, start_factor=1.0 / config.warmup_steps, total_iters=config.warmup_steps)
         return sched.SequentialLR(optimizer, [warmup, cosine], milestones=[config.warmup_steps])
+    if config.schedule == "one_cycle":
+        return sched.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.steps,
+                                cycle_momentum=config.optimizer in ("momentum", "adam", "adamw"))
+    if config.schedule == "range_test":
+        growth = (config.lr / config.range_start) ** (1.0 / max(config.steps - 1, 1))
+        start = config.range_start / config.lr
+        return sched.LambdaLR(optimizer, lambda step: start * growth ** step)
     return None
 
 
