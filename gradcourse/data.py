@@ -35,12 +35,15 @@ class DataConfig:
         name: one of ``digits`` (default, offline), ``mnist``, ``fashion-mnist``, ``cifar10``.
         image_size: side length to resize to (e.g. 16 turns the 8x8 digits into 16x16), or
             ``None`` for the native size.
-        val_fraction: share of the examples held out for validation.
+        val_fraction: share of the examples held out for validation (``digits`` only: it
+            has no official split). The torchvision datasets validate on their official
+            test split (10,000 images), so an accuracy here is comparable with published ones.
         max_train: keep at most this many training examples (``None``: all of them).
         root: folder for downloaded datasets; default ``$GRADCOURSE_DATA`` or
             ``~/.cache/gradcourse/data``.
         download: try to download a torchvision dataset that is not on disk.
-        seed: seed of the deterministic train/validation split.
+        seed: seed of the deterministic train/validation split of ``digits`` (and of which
+            training examples ``max_train`` keeps).
     """
 
     name: str = "digits"
@@ -143,25 +146,31 @@ def available_offline(root: str | None = None) -> dict[str, bool]:
 
 @lru_cache(maxsize=8)
 def _load_cpu(config: DataConfig) -> ImageData:
+    generator = torch.Generator().manual_seed(config.seed)
     if config.name == "digits":
         images, labels, classes = _digits()
+        order = torch.randperm(len(labels), generator=generator)
+        n_val = max(1, round(config.val_fraction * len(labels)))
+        x_val, y_val = images[order[:n_val]], labels[order[:n_val]]
+        x_train, y_train = images[order[n_val:]], labels[order[n_val:]]
     else:
-        images, labels, classes = _torchvision_dataset(config)
-    images = images.float()
-    if config.image_size is not None and config.image_size != images.shape[-1]:
-        images = F.interpolate(images, size=(config.image_size, config.image_size), mode="bilinear",
-                               align_corners=False, antialias=config.image_size < images.shape[-1])
-    generator = torch.Generator().manual_seed(config.seed)
-    order = torch.randperm(len(labels), generator=generator)
-    n_val = max(1, round(config.val_fraction * len(labels)))
-    val_idx, train_idx = order[:n_val], order[n_val:]
+        (x_train, y_train), (x_val, y_val), classes = _torchvision_dataset(config)
+        order = torch.randperm(len(y_train), generator=generator)
+        x_train, y_train = x_train[order], y_train[order]
     if config.max_train is not None:
-        train_idx = train_idx[: config.max_train]
-    x_train, x_val = images[train_idx], images[val_idx]
+        x_train, y_train = x_train[: config.max_train], y_train[: config.max_train]
+    x_train, x_val = _resize(x_train.float(), config.image_size), _resize(x_val.float(), config.image_size)
     mean = x_train.mean(dim=(0, 2, 3), keepdim=True)
     std = x_train.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
-    return ImageData(config.name, (x_train - mean) / std, labels[train_idx].long(),
-                     (x_val - mean) / std, labels[val_idx].long(), len(classes), tuple(classes), config)
+    return ImageData(config.name, (x_train - mean) / std, y_train.long(), (x_val - mean) / std, y_val.long(),
+                     len(classes), tuple(classes), config)
+
+
+def _resize(images: torch.Tensor, size: int | None) -> torch.Tensor:
+    if size is None or size == images.shape[-1]:
+        return images
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False,
+                         antialias=size < images.shape[-1])
 
 
 def _sklearn_available() -> bool:
@@ -201,16 +210,15 @@ def _torchvision_dataset(config: DataConfig):
                     f"{config.name} is not in {root} and download=False. The offline default is "
                     f"DataConfig(name='digits'); or set {DATA_ENV} to a folder that holds {config.name}.") from None
             parts.append(_download(cls, root, train, config.name))
-    images, labels = [], []
-    for part in parts:
+    splits = []
+    for part in parts:                          # the official training split, then the test split
         data = torch.as_tensor(part.data)
         if data.ndim == 3:                      # MNIST-style: N x H x W, uint8
             data = data.unsqueeze(1)
         else:                                   # CIFAR: N x H x W x C, uint8
             data = data.permute(0, 3, 1, 2)
-        images.append(data.float() / 255.0)
-        labels.append(torch.as_tensor(part.targets))
-    return torch.cat(images), torch.cat(labels), list(parts[0].classes)
+        splits.append((data.float() / 255.0, torch.as_tensor(part.targets)))
+    return splits[0], splits[1], list(parts[0].classes)
 
 
 def _download(cls, root: Path, train: bool, name: str):

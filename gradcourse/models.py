@@ -36,8 +36,10 @@ class CNNConfig:
             conv(act(norm(x)))``. The branch ends in a convolution, so its output has
             mean about zero and the sum does not drift with depth. ``conv1`` stays
             ``act(norm(conv(x)))``.
-        residual_scale: multiplier on each residual branch (0 gives SkipInit-style identity
-            blocks at initialization).
+        residual_scale: a fixed multiplier on each residual branch. Small values start
+            every block close to the identity, the idea of SkipInit (De & Smith 2020), which
+            learns its scale from 0; this one is fixed, so 0 freezes the branches (their
+            weights get no gradient).
         init: weight initialization of convolutions and ``fc``: ``default`` (PyTorch's),
             ``normal`` (std ``init_std``), ``xavier_uniform``, ``xavier_normal``,
             ``kaiming_normal`` or ``kaiming_uniform``.

@@ -134,11 +134,25 @@ def assert_images_keep_their_labels(data: gc.ImageData) -> None:
 ])
 def test_mnist_style_dataset_loads_from_idx_files_without_download(tmp_path, name, folder, first_class):
     write_mnist_like(tmp_path, folder)
-    data = gc.load_data(name, root=str(tmp_path), download=False, val_fraction=0.25)
-    assert data.x_train.shape == (30, 1, 28, 28)  # train and test files together: 40, a quarter held out
+    data = gc.load_data(name, root=str(tmp_path), download=False, val_fraction=0.5)
+    assert data.x_train.shape == (30, 1, 28, 28)  # the official training file, whatever val_fraction says
     assert len(data.y_val) == 10
     assert data.num_classes == 10 and data.class_names[0] == first_class
     assert_images_keep_their_labels(data)
+
+
+def test_torchvision_datasets_validate_on_the_official_test_split(tmp_path):
+    """The t10k file's images, in its order: comparable with published test accuracies."""
+    raw = tmp_path / "MNIST" / "raw"
+    write_mnist_like(tmp_path, "MNIST", n_train=30, n_test=10)
+    test_labels = np.array([3, 1, 4, 1, 5, 9, 2, 6, 5, 3])
+    write_idx_labels(raw / "t10k-labels-idx1-ubyte", test_labels)
+    write_idx_images(raw / "t10k-images-idx3-ubyte",
+                     np.repeat((20 * test_labels)[:, None, None], 28 * 28, axis=1).reshape(10, 28, 28))
+    for seed in (0, 1):
+        data = gc.load_data("mnist", root=str(tmp_path), download=False, seed=seed)
+        assert data.y_val.tolist() == test_labels.tolist()
+        assert sorted(data.y_train.tolist()) == sorted((np.arange(30) % 10).tolist())
 
 
 def test_mnist_style_dataset_can_be_resized(tmp_path):
@@ -187,8 +201,8 @@ def cifar10_without_checksums(monkeypatch):
 
 def test_cifar10_loads_from_pickled_batches_as_channels_first(tmp_path, cifar10_without_checksums):
     write_cifar10(tmp_path)
-    data = gc.load_data("cifar10", root=str(tmp_path), download=False, val_fraction=0.25)
-    assert data.x_train.shape == (18, 3, 32, 32) and len(data.y_val) == 6
+    data = gc.load_data("cifar10", root=str(tmp_path), download=False)
+    assert data.x_train.shape == (20, 3, 32, 32) and len(data.y_val) == 4  # the 5 batches; test_batch
     assert data.class_names == tuple(CIFAR_CLASSES)
     label_channel, row_channel, col_channel = data.x_train[:, 0], data.x_train[:, 1], data.x_train[:, 2]
     assert torch.equal(label_channel, label_channel[:, :1, :1].expand_as(label_channel))
@@ -249,9 +263,9 @@ def test_load_data_reads_the_folder_gradcourse_data_names_at_call_time(tmp_path,
     write_mnist_like(tmp_path / "a", "MNIST", n_train=30, n_test=10)
     write_mnist_like(tmp_path / "b", "MNIST", n_train=50, n_test=10)
     monkeypatch.setenv("GRADCOURSE_DATA", str(tmp_path / "a"))
-    first = gc.load_data("mnist", download=False, val_fraction=0.5, seed=7)
+    first = gc.load_data("mnist", download=False, seed=7)
     monkeypatch.setenv("GRADCOURSE_DATA", str(tmp_path / "b"))
-    second = gc.load_data("mnist", download=False, val_fraction=0.5, seed=7)
+    second = gc.load_data("mnist", download=False, seed=7)
     assert len(first.y_train) + len(first.y_val) == 40
     assert len(second.y_train) + len(second.y_val) == 60
 
