@@ -90,7 +90,7 @@ def sweep_speedup(repeats: int, steps: int | None = None, k: int = 8, threads: i
     ``threads`` torch threads (default: the process's setting). Two references:
 
     - ``..._passes_only``: the sequential time over the time the same steps take when they
-      run only the K-wide network's forward and backward passes (:func:`_passes_only`): the
+      run only the K-wide network's forward and backward passes (:func:`gradcourse.vectorized.passes_only`): the
       speed-up ``train_many`` would reach if its update, records and evaluation cost
       nothing. No work on those can take the figure past it;
     - ``..._at_matmul_rate``: the sequential time over the time the ``k`` runs' FLOPs take
@@ -102,7 +102,7 @@ def sweep_speedup(repeats: int, steps: int | None = None, k: int = 8, threads: i
     ``LIVE_TRAIN``: what a precomputed learning-rate slider sweeps); ``name`` is added to the
     keys of another."""
     from .live_explorer import LIVE_MODEL, LIVE_TRAIN
-    from .vectorized import train_many
+    from .vectorized import passes_only, train_many
 
     previous = torch.get_num_threads()
     if threads is not None:
@@ -115,7 +115,7 @@ def sweep_speedup(repeats: int, steps: int | None = None, k: int = 8, threads: i
         configs = _lr_sweep(base, steps, k)
         train_many(model, configs, data)  # warm-up: the grouped kernels for these shapes
         train(model, configs[0], data, progress=False)
-        _passes_only(model, configs, data)
+        passes_only(model, configs, data)
         times: dict = {"together": [], "apart": [], "passes": []}
         for repeat in range(repeats):  # best of each, rotating which goes first
             for variant in _rotate(list(times), repeat):
@@ -126,7 +126,7 @@ def sweep_speedup(repeats: int, steps: int | None = None, k: int = 8, threads: i
                     for config in configs:
                         train(model, config, data, progress=False)
                 else:
-                    _passes_only(model, configs, data)
+                    passes_only(model, configs, data)
                 times[variant].append(time.perf_counter() - start)
         flops = k * steps * _step_flops(model, data)
         at_matmul_rate = flops / matmul_flops(torch.device("cpu"))
@@ -144,20 +144,6 @@ def sweep_speedup(repeats: int, steps: int | None = None, k: int = 8, threads: i
 def _rotate(items: list, by: int) -> list:
     by %= len(items)
     return items[by:] + items[:by]
-
-
-def _passes_only(model_config: CNNConfig, configs: list[TrainConfig], data) -> None:
-    """:func:`gradcourse.train_many`'s steps for these configurations with nothing but each
-    step's forward and backward pass (its own ``passes``, on its own batches): no update, no
-    records, no evaluation, and no activation statistics, so the max pool runs before the
-    ReLU on every step (``train_many`` puts it after on the steps that record them)."""
-    from .vectorized import _Together, build_wide
-
-    together = _Together(build_wide(model_config, data, len(configs), configs[0].seed), model_config, configs,
-                         data, data.device)
-    together.collect = together.wide.observe = False
-    for _, (x, y) in zip(range(configs[0].steps), together.batches()):
-        together.passes(x, y)
 
 
 def sweep_scaling(repeats: int, widths=(1, 4, 8, 16), steps: int | None = None) -> dict:

@@ -45,3 +45,23 @@ def run_key(*parts) -> str:
 
 def cache_path(key: str) -> Path:
     return cache_dir() / f"{key}.pkl"
+
+
+def load_run(key: str):
+    """The cached :class:`~gradcourse.record.Run` under ``key``, or ``None``. A truncated or
+    unreadable file is removed (the caller trains again and overwrites it)."""
+    from .record import Run
+
+    path = cache_path(key)
+    if not path.exists():
+        return None
+    try:
+        return Run.load(path)
+    except Exception:
+        path.unlink(missing_ok=True)
+        return None
+
+
+def save_run(key: str, run) -> None:
+    run.save(cache_path(key))
+

@@ -24,7 +24,7 @@ from .data import ImageData, load_data
 from .device import pick_device
 from .models import ACTIVATIONS, INITS, NORMS, CNNConfig
 from .record import Run
-from .static_explorer import FRAME_DPI, explorer_figure, render_png
+from .plots import FRAME_DPI, OKABE_ITO, explorer_figure, render_png
 from .train import OPTIMIZERS, TrainConfig, split_overrides, train
 
 STATIC_BUILD_ENV = "GRADCOURSE_STATIC_BUILD"
@@ -37,7 +37,7 @@ CONTROLS = ("lr", "clip", "clip_threshold", "depth", "activation", "init", "norm
 # learning-rate slider shows too small, right and too large.
 LIVE_MODEL = CNNConfig(init="kaiming_normal", pool_every=2)
 LIVE_TRAIN = TrainConfig(steps=100, optimizer="momentum", lr=0.02, eval_every=50)
-ERROR_COLOR = "#D55E00"  # Okabe-Ito vermillion; the text also says "Error", so colour is not the only cue
+ERROR_COLOR = OKABE_ITO[3]  # vermillion; the text also says "Error", so colour is not the only cue
 
 STATIC_NOTE = (
     '<div class="gc-live-note" style="border-left:4px solid #0072B2;padding:.5em .8em;margin:1em 0;'
@@ -89,7 +89,7 @@ class LiveExplorer:
             momentum, which retrains in under a second on a 2-core CPU).
         data: a dataset name, ``DataConfig`` or ``ImageData`` (loaded once, kept on the device).
         plot: ``plot(run) -> Figure``, called on partial runs while training and on the final
-            run (default: ``explorer_figure`` from ``gradcourse.static_explorer``, the loss curve
+            run (default: ``explorer_figure`` from ``gradcourse.plots``, the loss curve
             and the per-layer gradient norms).
         device: where to train (default :func:`gradcourse.pick_device`: the GPU when there is one).
         start: train the starting configuration right away.

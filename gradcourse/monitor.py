@@ -399,16 +399,15 @@ def _histogram(y: torch.Tensor, lo, hi) -> torch.Tensor:
     return torch.bincount(index.to(torch.int64).view(-1), minlength=HIST_BINS).to(torch.float32)
 
 
-def jacobian_singular_values(model: nn.Module, image: torch.Tensor) -> "np.ndarray":
+def jacobian_singular_values(model: nn.Module, image: torch.Tensor):
     """Singular values, largest first, of the Jacobian of a gradcourse CNN's feature maps
     (``model.features``, before pooling) with respect to one input ``image`` (C, H, W), in
     float64 and in eval mode (batch norm uses its running statistics).
 
     Their spread is what dynamical isometry is about (Saxe et al. 2014; Pennington et al.
     2017): the average gain can be 1 while a few directions explode and most vanish.
+    Returns a NumPy array.
     """
-    import numpy as np
-
     was_training = model.training
     model.eval()
     try:

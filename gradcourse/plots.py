@@ -12,25 +12,33 @@ import io
 import math
 from typing import Mapping
 
-import matplotlib
-
-import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.colors import LogNorm
+
+
+class _Pyplot:
+    """``matplotlib.pyplot``, imported on first use: the explorers import this module for
+    the palette and the frame figure, and ``import gradcourse`` stays free of matplotlib."""
+
+    def __getattr__(self, name):
+        import matplotlib.pyplot
+
+        return getattr(matplotlib.pyplot, name)
+
+
+plt = _Pyplot()
 
 from .record import Run
 
+FRAME_DPI = 90  # explorer frames: 8 x 3 inches -> 720 x 270 px, about the book's column
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
 HEATMAP = "viridis"
 UPDATE_RATIO_BAND = (1e-4, 1e-2)
 
 
 def figure_to_png(fig, dpi: int = 80) -> bytes:
-    """Render ``fig`` to PNG bytes and close it (so notebooks do not also display it)."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    return buffer.getvalue()
+    """Render ``fig`` to PNG bytes, cropped to its content, and close it (so notebooks do
+    not also display it)."""
+    return render_png(fig, dpi, palette=False, tight=True)
 
 
 def colors(n: int) -> list[str]:
@@ -43,6 +51,12 @@ def depth_colors(n: int, cmap: str = HEATMAP) -> list:
     return [plt.get_cmap(cmap)(x) for x in np.linspace(0.0, 0.9, max(n, 1))][:n]
 
 
+def _log_norm(**kwargs):
+    from matplotlib.colors import LogNorm
+
+    return LogNorm(**kwargs)
+
+
 def _axes(ax, figsize=(6.4, 4.0)):
     if ax is None:
         fig, ax = plt.subplots(figsize=figsize, layout="constrained")
@@ -52,15 +66,10 @@ def _axes(ax, figsize=(6.4, 4.0)):
 
 def _as_runs(runs) -> dict[str, Run]:
     if isinstance(runs, Run):
-        return {_default_label(runs): runs}
+        return {describe_run(runs): runs}
     if isinstance(runs, Mapping):
         return dict(runs)
     return {f"run {i + 1}": run for i, run in enumerate(runs)}
-
-
-def _default_label(run: Run) -> str:
-    m, t = run.model_config, run.train_config
-    return f"{m.activation}, depth {m.depth}, lr {t.lr:g}"
 
 
 def _positive(values) -> np.ndarray:
@@ -74,7 +83,8 @@ def _empty(ax, message: str) -> None:
     ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="0.4")
 
 
-def _mark_divergence(ax, run: Run, color="#D55E00") -> None:
+def _mark_divergence(ax, run: Run, color=None) -> None:
+    color = color or OKABE_ITO[3]
     if run.diverged:
         ax.axvline(run.diverged_at, color=color, linestyle="--", linewidth=1.2)
         ax.text(run.diverged_at, 0.98, f" diverged at step {run.diverged_at}", color=color, ha="left", va="top",
@@ -94,7 +104,7 @@ def plot_gradient_flow(run: Run, ax=None, title: str | None = None, vmin: float 
         _empty(ax, "no recorded steps")
         return fig
     finite = data[np.isfinite(data)]
-    norm = LogNorm(vmin=vmin or finite.min(), vmax=vmax or max(finite.max(), finite.min() * 1.0001))
+    norm = _log_norm(vmin=vmin or finite.min(), vmax=vmax or max(finite.max(), finite.min() * 1.0001))
     steps = run.stat_step
     last = steps[-1] + (steps[1] - steps[0] if len(steps) > 1 else 1)
     image = ax.imshow(np.ma.masked_invalid(data), aspect="auto", cmap=HEATMAP, norm=norm, interpolation="nearest",
@@ -204,7 +214,7 @@ def plot_activation_histograms(run: Run, layers=None, max_layers: int = 6, bins:
             image[:, column] = np.diff(np.interp(edges, np.linspace(lo, hi, len(row) + 1), cumulative))
         image = image / np.maximum(image.sum(axis=0, keepdims=True), 1)
         masked = np.ma.masked_less_equal(image, 0)
-        image = ax.imshow(masked, aspect="auto", origin="lower", cmap=HEATMAP, norm=LogNorm(vmin=1e-4, vmax=1),
+        image = ax.imshow(masked, aspect="auto", origin="lower", cmap=HEATMAP, norm=_log_norm(vmin=1e-4, vmax=1),
                           extent=(run.hist_step[0], run.hist_step[-1] + 1, low, high), interpolation="nearest")
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("step")
@@ -411,3 +421,133 @@ def plot_lr_range_test(result, ax=None, title: str | None = None):
     legend_outside(ax)
     return fig
 
+
+# -- the explorers' frame ----------------------------------------------------------
+
+def describe_run(run) -> str:
+    """A short title for a run: the settings a reader compares (learning rate, clipping, network)."""
+    m, t = run.model_config, run.train_config
+    clip = "off" if t.clip == "none" else f"{t.clip} {t.clip_threshold:g}"
+    extras = [m.activation, f"depth {m.depth}"] + (["residual"] if m.residual else []) + \
+             ([f"{m.norm} norm"] if m.norm != "none" else []) + ([m.init] if m.init != "default" else [])
+    return f"{t.optimizer}, lr {t.lr:g}, clip {clip} ({', '.join(extras)})"
+
+
+def shared_limits(runs) -> dict:
+    """Log-axis limits that hold every run's loss and per-layer gradient norms (for ``explorer_figure``)."""
+    def span(arrays, cap=math.inf):
+        values = np.concatenate([np.ravel(a) for a in arrays] or [np.zeros(0)])
+        values = values[np.isfinite(values) & (values > 0)]
+        if not len(values):
+            return None
+        low, high = float(values.min()), min(float(values.max()), cap)
+        return (low / 1.5, max(high * 1.5, low * 10))
+
+    runs = list(runs)
+    # A diverging run's last losses would squeeze every other curve into a line: the loss axis
+    # stops at 10x the largest starting loss (the divergence marker tells the rest).
+    first_losses = [r.loss[0] for r in runs if len(r.loss) and math.isfinite(r.loss[0])]
+    loss_cap = 10 * max(first_losses) if first_losses else math.inf
+    return {"loss_limits": span([r.loss for r in runs], loss_cap),
+            "grad_limits": span([r.layer_grad_norm for r in runs])}
+
+
+def explorer_figure(run, title: str | None = None, loss_limits: tuple | None = None,
+                    grad_limits: tuple | None = None, figsize=(8.0, 3.0)):
+    """The explorers' default two-panel figure of one run (also of a run still training).
+
+    Left: training loss per step (log scale) over the configured number of steps, with
+    the last validation accuracy and any divergence. Right: per-layer gradient norm
+    (log scale) at the first step and at the latest recorded step, ``conv1`` on the left.
+    Built without pyplot, so it is safe to draw in a background thread.
+    """
+    from matplotlib.figure import Figure
+
+    many = len(run.layer_names) > 8
+    width, height = figsize
+    # Fixed margins (in inches) and title positions rather than a layout engine: every frame
+    # lines up, and drawing takes about half the time, which a live explorer feels.
+    fig = Figure(figsize=figsize)
+    fig.subplots_adjust(left=0.75 / width, right=1 - 0.15 / width, top=1 - 0.55 / height,
+                        bottom=(0.95 if many else 0.6) / height, wspace=0.32)
+    loss_ax, grad_ax = fig.subplots(1, 2, width_ratios=(1.1, 1.0))
+    fig.suptitle(title or describe_run(run), fontsize=10)
+    steps = run.train_config.steps
+    done = run.steps_done
+    loss = _positive(run.loss)
+    loss_ax.plot(np.arange(done), loss, color=OKABE_ITO[0], linewidth=1.2)
+    accuracy = f", val acc {run.final_val_acc:.2f}" if len(run.val_acc) else ""
+    loss_ax.set_title(f"Training loss{accuracy}", fontsize=9, y=1.01)
+    loss_ax.set(xlabel="training step", ylabel="loss (log scale)", yscale="log", xlim=(0, max(steps - 1, 1)))
+    if run.diverged:
+        _mark_divergence(loss_ax, run)
+    elif done < steps:
+        loss_ax.text(0.98, 0.95, f"training... step {done} of {steps}", transform=loss_ax.transAxes,
+                     ha="right", va="top", color="0.35", fontsize=8)
+
+    grad_ax.set_title("Gradient norm by layer", fontsize=9, y=1.01)
+    grad_ax.set(ylabel="gradient norm (log scale)", yscale="log")
+    layers = range(len(run.layer_names))
+    if len(run.stat_step):
+        grads = _positive(run.layer_grad_norm)
+        grad_ax.plot(layers, grads[0], "o-", color=OKABE_ITO[0], markersize=3, label="step 0")
+        if len(run.stat_step) > 1:
+            grad_ax.plot(layers, grads[-1], "s--", color=OKABE_ITO[1], markersize=3,
+                         label=f"step {run.stat_step[-1]}")
+        zero = int(np.sum(run.layer_grad_norm[-1] == 0))
+        if zero:  # a log axis cannot show 0: say so instead of leaving an unexplained gap
+            grad_ax.text(0.02, 0.03, f"{zero} layers exactly 0 at step {run.stat_step[-1]} (not drawn)",
+                         transform=grad_ax.transAxes, fontsize=8, color="0.3", va="bottom")
+        grad_ax.legend(fontsize=8, loc="best")
+    else:
+        grad_ax.text(0.5, 0.5, "no recorded steps", transform=grad_ax.transAxes, ha="center", color="0.4")
+    label_layer_axis(grad_ax, run.layer_names, max_labels=8)
+    grad_ax.set_xlabel("layer (input → output)")
+    for ax, limits in ((loss_ax, loss_limits), (grad_ax, grad_limits)):
+        if limits is not None:
+            ax.set_ylim(*limits)
+        readable_log_axis(ax)
+        ax.grid(True, alpha=0.3)
+    mark_off_axis(loss_ax, loss)
+    return fig
+
+
+def mark_off_axis(ax, values) -> None:
+    """Where a curve leaves the top of a fixed axis, say so at the edge instead of cutting
+    it silently: an arrow at the first step above the axis, and from which step."""
+    top = ax.get_ylim()[1]
+    above = np.flatnonzero(np.nan_to_num(values, nan=-np.inf) > top)
+    if len(above):
+        step = int(above[0])
+        ax.annotate(f"off the axis from step {step}", xy=(step, top), xytext=(0, -14),
+                    textcoords="offset points", ha="left", va="top", fontsize=8, color=OKABE_ITO[3],
+                    arrowprops={"arrowstyle": "->", "color": OKABE_ITO[3]})
+
+
+def render_png(fig, dpi: int = FRAME_DPI, palette: bool = True, tight: bool = False) -> bytes:
+    """Render a matplotlib figure to PNG bytes at a fixed size (so frames line up) and close it.
+
+    With ``palette`` the PNG is stored with 256 colours: a third of the bytes, for a few
+    milliseconds, with no visible change to line plots.
+    """
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, facecolor="white", bbox_inches="tight" if tight else None)
+    close_figure(fig)
+    if not palette:
+        return buffer.getvalue()
+    from PIL import Image
+
+    buffer.seek(0)
+    image = Image.open(buffer).convert("RGB").quantize(colors=256, method=Image.Quantize.FASTOCTREE)
+    out = io.BytesIO()
+    image.save(out, format="PNG")  # optimize=True saves ~5% and costs 10x the time
+    return out.getvalue()
+
+
+def close_figure(fig) -> None:
+    """Close ``fig`` if pyplot manages it (a no-op for a bare ``Figure``)."""
+    import sys
+
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None:
+        pyplot.close(fig)  # a no-op for figures that pyplot does not manage

@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import math
 import uuid
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
+from .plots import FRAME_DPI, close_figure, explorer_figure, render_png, shared_limits
+
 MAX_BYTES = 2_000_000
-FRAME_DPI = 90
-LOSS_COLOR, ACCENT_COLOR, DIVERGED_COLOR = "#0072B2", "#E69F00", "#D55E00"  # Okabe-Ito: colour-blind safe
 
 # How a slider named after a config field is labelled on the page.
 FIELD_LABELS = {
@@ -106,7 +105,7 @@ def static_explorer(frames: Mapping[tuple, object], sliders: Mapping[str, list],
     except ValueError:
         for image in frames.values():  # do not leave the figures open in the notebook
             if hasattr(image, "savefig"):
-                _close(image)
+                close_figure(image)
         raise
     names = list(sliders)
 
@@ -179,143 +178,6 @@ def sweep_explorer(grid: dict[str, list], plot: Callable | None = None, model_co
     frames = {key: plot(run) for key, run in runs.items()}
     return static_explorer(frames, grid, title=title, caption=caption, value_format=value_format, alt=alt,
                            initial=initial, dpi=dpi)
-
-
-def describe_run(run) -> str:
-    """A short title for a run: the settings a reader compares (learning rate, clipping, network)."""
-    m, t = run.model_config, run.train_config
-    clip = "off" if t.clip == "none" else f"{t.clip} {t.clip_threshold:g}"
-    extras = [m.activation, f"depth {m.depth}"] + (["residual"] if m.residual else []) + \
-             ([f"{m.norm} norm"] if m.norm != "none" else []) + ([m.init] if m.init != "default" else [])
-    return f"{t.optimizer}, lr {t.lr:g}, clip {clip} ({', '.join(extras)})"
-
-
-def shared_limits(runs) -> dict:
-    """Log-axis limits that hold every run's loss and per-layer gradient norms (for ``explorer_figure``)."""
-    import numpy as np
-
-    def span(arrays, cap=math.inf):
-        values = np.concatenate([np.ravel(a) for a in arrays] or [np.zeros(0)])
-        values = values[np.isfinite(values) & (values > 0)]
-        if not len(values):
-            return None
-        low, high = float(values.min()), min(float(values.max()), cap)
-        return (low / 1.5, max(high * 1.5, low * 10))
-
-    runs = list(runs)
-    # A diverging run's last losses would squeeze every other curve into a line: the loss axis
-    # stops at 10x the largest starting loss (the divergence marker tells the rest).
-    first_losses = [r.loss[0] for r in runs if len(r.loss) and math.isfinite(r.loss[0])]
-    loss_cap = 10 * max(first_losses) if first_losses else math.inf
-    return {"loss_limits": span([r.loss for r in runs], loss_cap),
-            "grad_limits": span([r.layer_grad_norm for r in runs])}
-
-
-def explorer_figure(run, title: str | None = None, loss_limits: tuple | None = None,
-                    grad_limits: tuple | None = None, figsize=(8.0, 3.0)):
-    """The explorers' default two-panel figure of one run (also of a run still training).
-
-    Left: training loss per step (log scale) over the configured number of steps, with
-    the last validation accuracy and any divergence. Right: per-layer gradient norm
-    (log scale) at the first step and at the latest recorded step, ``conv1`` on the left.
-    Built without pyplot, so it is safe to draw in a background thread.
-    """
-    import numpy as np
-    from matplotlib.figure import Figure
-
-    from .plots import label_layer_axis, readable_log_axis
-
-    many = len(run.layer_names) > 8
-    width, height = figsize
-    # Fixed margins (in inches) and title positions rather than a layout engine: every frame
-    # lines up, and drawing takes about half the time, which a live explorer feels.
-    fig = Figure(figsize=figsize)
-    fig.subplots_adjust(left=0.75 / width, right=1 - 0.15 / width, top=1 - 0.55 / height,
-                        bottom=(0.95 if many else 0.6) / height, wspace=0.32)
-    loss_ax, grad_ax = fig.subplots(1, 2, width_ratios=(1.1, 1.0))
-    fig.suptitle(title or describe_run(run), fontsize=10)
-    steps = run.train_config.steps
-    done = run.steps_done
-    loss = np.where(np.isfinite(run.loss) & (run.loss > 0), run.loss, np.nan)
-    loss_ax.plot(np.arange(done), loss, color=LOSS_COLOR, linewidth=1.2)
-    accuracy = f", val acc {run.final_val_acc:.2f}" if len(run.val_acc) else ""
-    loss_ax.set_title(f"Training loss{accuracy}", fontsize=9, y=1.01)
-    loss_ax.set(xlabel="training step", ylabel="loss (log scale)", yscale="log", xlim=(0, max(steps - 1, 1)))
-    if run.diverged:
-        loss_ax.axvline(run.diverged_at, color=DIVERGED_COLOR, linestyle="--", linewidth=1.2)
-        loss_ax.text(0.98, 0.95, f"diverged at step {run.diverged_at}", transform=loss_ax.transAxes,
-                     ha="right", va="top", color=DIVERGED_COLOR, fontsize=8)
-    elif done < steps:
-        loss_ax.text(0.98, 0.95, f"training... step {done} of {steps}", transform=loss_ax.transAxes,
-                     ha="right", va="top", color="0.35", fontsize=8)
-
-    grad_ax.set_title("Gradient norm by layer", fontsize=9, y=1.01)
-    grad_ax.set(ylabel="gradient norm (log scale)", yscale="log")
-    layers = range(len(run.layer_names))
-    if len(run.stat_step):
-        grads = np.where(np.isfinite(run.layer_grad_norm) & (run.layer_grad_norm > 0), run.layer_grad_norm, np.nan)
-        grad_ax.plot(layers, grads[0], "o-", color=LOSS_COLOR, markersize=3, label="step 0")
-        if len(run.stat_step) > 1:
-            grad_ax.plot(layers, grads[-1], "s--", color=ACCENT_COLOR, markersize=3,
-                         label=f"step {run.stat_step[-1]}")
-        zero = int(np.sum(run.layer_grad_norm[-1] == 0))
-        if zero:  # a log axis cannot show 0: say so instead of leaving an unexplained gap
-            grad_ax.set_title(f"Gradient norm by layer ({zero} exactly 0 at step {run.stat_step[-1]}, not drawn)",
-                              fontsize=9, y=1.01)
-        grad_ax.legend(fontsize=8, loc="best")
-    else:
-        grad_ax.text(0.5, 0.5, "no recorded steps", transform=grad_ax.transAxes, ha="center", color="0.4")
-    label_layer_axis(grad_ax, run.layer_names, max_labels=8)
-    grad_ax.set_xlabel("layer (input → output)")
-    for ax, limits in ((loss_ax, loss_limits), (grad_ax, grad_limits)):
-        if limits is not None:
-            ax.set_ylim(*limits)
-        readable_log_axis(ax)
-        ax.grid(True, alpha=0.3)
-    _mark_off_axis(loss_ax, loss)
-    return fig
-
-
-def _mark_off_axis(ax, values) -> None:
-    """Where a curve leaves the top of a fixed axis, say so at the edge instead of cutting
-    it silently: an arrow at the first step above the axis, and from which step."""
-    import numpy as np
-
-    top = ax.get_ylim()[1]
-    above = np.flatnonzero(np.nan_to_num(values, nan=-np.inf) > top)
-    if len(above):
-        step = int(above[0])
-        ax.annotate(f"off the axis from step {step}", xy=(step, top), xytext=(0, -14),
-                    textcoords="offset points", ha="left", va="top", fontsize=8, color=DIVERGED_COLOR,
-                    arrowprops={"arrowstyle": "->", "color": DIVERGED_COLOR})
-
-
-def render_png(fig, dpi: int = FRAME_DPI, palette: bool = True) -> bytes:
-    """Render a matplotlib figure to PNG bytes at a fixed size (so frames line up) and close it.
-
-    With ``palette`` the PNG is stored with 256 colours: a third of the bytes, for a few
-    milliseconds, with no visible change to line plots.
-    """
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, facecolor="white")
-    _close(fig)
-    if not palette:
-        return buffer.getvalue()
-    from PIL import Image
-
-    buffer.seek(0)
-    image = Image.open(buffer).convert("RGB").quantize(colors=256, method=Image.Quantize.FASTOCTREE)
-    out = io.BytesIO()
-    image.save(out, format="PNG")  # optimize=True saves ~5% and costs 10x the time
-    return out.getvalue()
-
-
-def _close(fig) -> None:
-    import sys
-
-    pyplot = sys.modules.get("matplotlib.pyplot")
-    if pyplot is not None:
-        pyplot.close(fig)  # a no-op for figures that pyplot does not manage
 
 
 def _png_bytes(image, dpi: int) -> bytes:

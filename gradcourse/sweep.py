@@ -69,7 +69,7 @@ def sweep(grid: dict[str, list], model_config: CNNConfig | None = None, train_co
 
 def _train_together(combos, configs, data: ImageData, cache: bool, device, bar) -> dict[tuple, Run]:
     """Group the grid points that can share one wide network and train each group at once."""
-    from .cache import cache_path, run_key
+    from .cache import load_run, run_key, save_run
     from .device import pick_device
     from .vectorized import VARYING, can_train_together, train_many
 
@@ -84,17 +84,15 @@ def _train_together(combos, configs, data: ImageData, cache: bool, device, bar) 
         if len(members) < 2 or not can_train_together([model_cfg] * len(members), train_cfgs):
             continue
         keys = [run_key("train_many", model_cfg, cfg, data.config, device.type) for cfg in train_cfgs]
-        cached = {}
-        if cache and data.config is not None:
-            for (values, _), key in zip(members, keys):
-                if cache_path(key).exists():
-                    cached[values] = Run.load(cache_path(key))
+        use_cache = cache and data.config is not None
+        cached = {values: run for (values, _), key in zip(members, keys)
+                  if use_cache and (run := load_run(key)) is not None}
         todo = [(values, cfg, key) for (values, cfg), key in zip(members, keys) if values not in cached]
         if len(todo) >= 2:
             for (values, _, key), run in zip(todo, train_many(model_cfg, [cfg for _, cfg, _ in todo], data, device)):
                 cached[values] = run
-                if cache and data.config is not None:
-                    run.save(cache_path(key))
+                if use_cache:
+                    save_run(key, run)
         elif todo:
             continue  # a single missing run: leave it to train()
         runs.update(cached)

@@ -19,11 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import _validate as check
-from .cache import cache_path, run_key
+from .cache import load_run, run_key, save_run
 from .clipping import CLIP_MODES, clip_gradients
 from .data import DataConfig, ImageData, load_data
 from .device import keep_freed_memory, pick_device
-from .models import CNN, CNNConfig, ConvBlock, build_model
+from .models import CNNConfig, build_model
 from .monitor import ACTIVATION_STATS, HIST_BINS, LayerMonitor
 from .record import Run
 
@@ -116,7 +116,8 @@ class TrainConfig:
         check.number(owner, "gamma", self.gamma, 0.0, 1.0, low_open=True)
         check.integer(owner, "patience", self.patience, 0)
         check.integer(owner, "warmup_steps", self.warmup_steps, 0, self.steps)
-        check.number(owner, "range_start", self.range_start, 0.0, self.lr, low_open=True)
+        check.number(owner, "range_start", self.range_start, 0.0,
+                     self.lr if self.schedule == "range_test" else 1e6, low_open=True)
         check.choice(owner, "clip", self.clip, CLIP_MODES)
         check.number(owner, "clip_threshold", self.clip_threshold, 0.0, 1e12, low_open=True)
         if self.max_weight_norm is not None:
@@ -203,12 +204,9 @@ def train(model_config: CNNConfig | None = None, train_config: TrainConfig | Non
     key = None
     if cache and model is None and not keep_model and data.config is not None:
         key = run_key(model_config, train_config, data.config, device.type)
-        path = cache_path(key)
-        if path.exists():
-            try:
-                return Run.load(path)
-            except Exception:  # a truncated or stale file: train again and overwrite it
-                path.unlink(missing_ok=True)
+        cached = load_run(key)
+        if cached is not None:
+            return cached
     data = data.to(device)
     torch.manual_seed(train_config.seed)
     if model is None:
@@ -217,7 +215,7 @@ def train(model_config: CNNConfig | None = None, train_config: TrainConfig | Non
     run = _Loop(model, model_config, train_config, data, device, monitor, progress,
                 on_progress, progress_every, should_stop).run(keep_model)
     if key is not None and not (should_stop is not None and run.steps_done < train_config.steps and not run.diverged):
-        run.save(cache_path(key))
+        save_run(key, run)
     return run
 
 

@@ -21,12 +21,14 @@ has one learning rate per parameter tensor, and here a tensor holds K models). A
 histograms are not recorded. Where a ReLU is followed by a max pool, the pool runs first on
 the steps that record no activation statistics: the same values and gradients, bit for
 bit, for a quarter of the ReLU's work.
-:func:`can_train_together` says whether a list of configurations qualifies.
+:func:`can_train_together` says whether a list of configurations qualifies, and
+:func:`unsupported_options` says why not: every field of both configs is on an allow-list,
+so a new option is refused until someone teaches train_many it.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import fields, replace
+from dataclasses import fields
 
 import numpy as np
 import torch
@@ -35,29 +37,53 @@ from torch import nn
 
 from .data import ImageData
 from .device import keep_freed_memory
-from .models import CNN, CNNConfig, ConvBlock, block_rule, build_model
+from .models import CNN, CNNConfig, block_rule, build_model
 from .monitor import ACTIVATION_STATS, HIST_BINS, flat_tests, float64_where_needed, pad_to_slots
 from .record import Run
 from .train import TrainConfig, batch_stream
 
 VARYING = {"lr", "clip_threshold", "momentum"}
 
+# Every field of the two configs, and what train_many supports of it. A field missing here
+# (a new option) makes train_many refuse, rather than silently train without it.
+MODEL_OPTIONS = {
+    "depth": None, "width": None, "activation": None, "leaky_slope": None, "norm": None, "residual": None,
+    "residual_scale": None, "init": None, "init_std": None, "init_gain": None, "pool_every": None, "pool": None,
+    "weight_norm": (False,),
+}
+TRAIN_OPTIONS = {
+    "steps": None, "batch_size": None, "lr": None, "momentum": None, "eval_every": None, "eval_examples": None,
+    "activation_every": None, "hist_every": None, "seed": None, "clip_threshold": None,
+    "optimizer": ("sgd", "momentum"), "nesterov": (False,), "weight_decay": (0.0,), "schedule": ("constant",),
+    "clip": ("none", "norm", "value"), "max_weight_norm": (None,), "record_every": (1,),
+    # Only read by schedules train_many does not run:
+    "step_size": None, "gamma": None, "patience": None, "warmup_steps": None, "range_start": None,
+}
+
+
+def unsupported_options(model_config: CNNConfig, train_configs: list[TrainConfig]) -> list[str]:
+    """Why these configurations cannot train together: one line per option that
+    :func:`train_many` does not support or that differs between them (empty: they can)."""
+    problems = []
+    for config, allowed in [(model_config, MODEL_OPTIONS)] + [(c, TRAIN_OPTIONS) for c in train_configs]:
+        for f in fields(config):
+            value = getattr(config, f.name)
+            if f.name not in allowed:
+                problems.append(f"{type(config).__name__}.{f.name} is not supported by train_many")
+            elif allowed[f.name] is not None and value not in allowed[f.name]:
+                problems.append(f"{type(config).__name__}.{f.name} = {value!r}: train_many supports "
+                                f"{', '.join(map(repr, allowed[f.name]))}")
+    for f in fields(TrainConfig):
+        values = {getattr(c, f.name) for c in train_configs}
+        if f.name not in VARYING and len(values) > 1:
+            problems.append(f"TrainConfig.{f.name} differs between the configurations ({sorted(map(repr, values))}); "
+                            f"only {', '.join(sorted(VARYING))} may")
+    return list(dict.fromkeys(problems))
+
 
 def can_train_together(model_configs: list[CNNConfig], train_configs: list[TrainConfig]) -> bool:
     """True when these configurations can share one wide network (see the module docstring)."""
-    if len(set(model_configs)) != 1 or model_configs[0].weight_norm:
-        return False
-    base = train_configs[0]
-    for config in train_configs:
-        if config.optimizer not in ("sgd", "momentum") or config.schedule != "constant" or config.nesterov \
-                or config.record_every != 1:
-            return False
-        if config.clip not in ("none", "norm", "value") or config.weight_decay or config.max_weight_norm is not None:
-            return False
-        if config.clip != base.clip or any(getattr(config, f.name) != getattr(base, f.name)
-                                           for f in fields(TrainConfig) if f.name not in VARYING):
-            return False
-    return True
+    return len(set(model_configs)) == 1 and not unsupported_options(model_configs[0], train_configs)
 
 
 class WideCNN(nn.Module):
@@ -155,9 +181,10 @@ def train_many(model_config: CNNConfig, train_configs: list[TrainConfig], data: 
 
     Returns one :class:`Run` per configuration, in order. Raises ``ValueError`` if the
     configurations cannot share a network (check :func:`can_train_together` first)."""
-    if not can_train_together([model_config] * len(train_configs), train_configs):
-        raise ValueError("these configurations differ in more than lr, clip_threshold and momentum, or use an "
-                         "optimizer, schedule or option that train_many does not support")
+    problems = unsupported_options(model_config, train_configs)
+    if problems:
+        raise ValueError("train_many cannot train these configurations together: " + "; ".join(problems)
+                         + " (gradcourse.train trains any of them alone)")
     device = torch.device(device)
     keep_freed_memory()
     data = data.to(device)
@@ -173,6 +200,17 @@ def build_wide(model_config: CNNConfig, data: ImageData, k: int, seed: int) -> W
         torch.manual_seed(seed)
         models.append(build_model(model_config, data))
     return WideCNN(models)
+
+
+def passes_only(model_config: CNNConfig, train_configs: list[TrainConfig], data: ImageData) -> None:
+    """:func:`train_many`'s steps with nothing but each step's forward and backward pass (on
+    its own batches): no update, no records, no evaluation, no activation statistics. The
+    benchmark's measured ceiling for a sweep (``sweep_speedup_K_passes_only``)."""
+    wide = build_wide(model_config, data, len(train_configs), train_configs[0].seed).to(data.device)
+    together = _Together(wide, model_config, train_configs, data, data.device)
+    together.collect = together.wide.observe = False
+    for _, (x, y) in zip(range(train_configs[0].steps), together.batches()):
+        together.passes(x, y)
 
 
 class _Together:

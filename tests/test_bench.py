@@ -16,11 +16,11 @@ def test_sweep_speedup_is_sequential_time_over_together_time():
 
 
 def test_the_passes_only_reference_runs_the_wide_networks_passes_on_the_same_batches(monkeypatch):
-    """_passes_only's time is a lower bound on train_many's only if it does the same passes:
+    """passes_only's time is a lower bound on train_many's only if it does the same passes:
     one forward (and backward) of the K-wide network per step, on train_many's batches."""
     from gradcourse.data import load_data
     from gradcourse.live_explorer import LIVE_MODEL, LIVE_TRAIN
-    from gradcourse.vectorized import WideCNN
+    from gradcourse.vectorized import WideCNN, passes_only
 
     data = load_data("digits")
     configs = bench._lr_sweep(LIVE_TRAIN, 4, 3)
@@ -32,7 +32,7 @@ def test_the_passes_only_reference_runs_the_wide_networks_passes_on_the_same_bat
         return forward(self, x)
 
     monkeypatch.setattr(WideCNN, "forward", spy)
-    bench._passes_only(LIVE_MODEL, configs, data)
+    passes_only(LIVE_MODEL, configs, data)
     passes = [x for _, x in seen]
     assert [k for k, _ in seen] == [3] * 4
     seen.clear()

@@ -16,8 +16,8 @@ import pytest  # noqa: E402
 
 import gradcourse as gc  # noqa: E402
 from gradcourse.live_explorer import LiveExplorer, StaticBuildNote, in_static_build, live_explorer  # noqa: E402
-from gradcourse.static_explorer import (explorer_figure, format_value, render_png, static_explorer,  # noqa: E402
-                                        sweep_explorer)
+from gradcourse.plots import explorer_figure, render_png  # noqa: E402
+from gradcourse.static_explorer import format_value, static_explorer, sweep_explorer  # noqa: E402
 from gradcourse.sweep import sweep  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -80,6 +80,8 @@ CASES = [
     (gc.TrainConfig, "patience", -1, {}, bounds(">= 0")),
     (gc.TrainConfig, "warmup_steps", -1, {}, bounds(">= 0")),
     (gc.TrainConfig, "warmup_steps", 300, {"steps": 200}, bounds(">= 0", "<= 200")),
+    (gc.TrainConfig, "range_start", 0.0, {}, bounds("> 0.0")),
+    (gc.TrainConfig, "range_start", 1.0, {"schedule": "range_test", "lr": 0.1}, bounds("> 0.0", "<= 0.1")),
     (gc.TrainConfig, "clip", "l2", {}, choices(CLIP_MODES)),
     (gc.TrainConfig, "clip_threshold", 0.0, {}, bounds("> 0.0")),
     (gc.TrainConfig, "max_weight_norm", 0.0, {}, bounds("> 0.0")),

@@ -83,12 +83,34 @@ def test_a_diverging_model_stops_alone_and_the_others_carry_on(digits):
 def test_configurations_that_differ_in_more_than_lr_threshold_momentum_are_refused(digits):
     configs = [gc.TrainConfig(lr=0.1), gc.TrainConfig(lr=0.1, batch_size=32)]
     assert not can_train_together([MODEL, MODEL], configs)
-    with pytest.raises(ValueError, match="lr, clip_threshold and momentum"):
+    with pytest.raises(ValueError, match=r"TrainConfig.batch_size differs .*only clip_threshold, lr, momentum may"):
         train_many(MODEL, configs, digits)
 
 
+@pytest.mark.parametrize("config, message", [
+    (gc.CNNConfig(weight_norm=True), "CNNConfig.weight_norm = True: train_many supports False"),
+    (gc.TrainConfig(optimizer="adam"), "TrainConfig.optimizer = 'adam': train_many supports 'sgd', 'momentum'"),
+])
+def test_train_many_names_the_option_it_refuses(digits, config, message):
+    model, train = (config, gc.TrainConfig()) if isinstance(config, gc.CNNConfig) else (MODEL, config)
+    with pytest.raises(ValueError, match=message):
+        train_many(model, [train, train], digits)
+
+
+def test_every_config_field_is_on_train_manys_allow_list():
+    """A new option must be added to the allow-list (supported or refused) before train_many
+    trains a configuration that uses it; until then train_many refuses every configuration."""
+    from dataclasses import fields
+
+    from gradcourse.vectorized import MODEL_OPTIONS, TRAIN_OPTIONS
+
+    assert {f.name for f in fields(gc.CNNConfig)} == set(MODEL_OPTIONS)
+    assert {f.name for f in fields(gc.TrainConfig)} == set(TRAIN_OPTIONS)
+
+
 @pytest.mark.parametrize("change", [{"optimizer": "adam"}, {"schedule": "step"}, {"clip": "agc"},
-                                    {"weight_decay": 1e-4}, {"max_weight_norm": 1.0}])
+                                    {"weight_decay": 1e-4}, {"max_weight_norm": 1.0}, {"nesterov": True,
+                                    "optimizer": "momentum"}, {"record_every": 2, "activation_every": 10}])
 def test_options_train_many_does_not_support_are_refused(change):
     assert not can_train_together([MODEL, MODEL], [gc.TrainConfig(**change), gc.TrainConfig(**change)])
 
