@@ -136,17 +136,21 @@ def built_pages_with_explorers() -> list[Path]:
                   if "_static" not in path.parts and 'class="gcx"' in path.read_text(errors="ignore"))
 
 
-def test_explorer_in_the_built_book_responds(browser):
+def test_every_slider_of_every_explorer_in_the_built_book_responds(browser):
     pages = built_pages_with_explorers()
     if not pages:
         pytest.skip("no page of the built book (_build/html) holds a static explorer; run `make book` first")
     for page in pages:
         browser.open(page)
         for block in block_ids(browser):
-            before = browser.script(STATE, block)
-            assert not before["nojs"], f"{page.name}: the explorer's script did not run"
-            slider = browser.find_all(f"#{block} input[type=range]")[0]
-            browser.press(slider, Keys.ARROW_RIGHT)
-            after = browser.script(STATE, block)
-            assert after["labels"][0] != before["labels"][0], f"{page.name}: the label did not change"
-            assert after["src"] != before["src"], f"{page.name}: the image did not change"
+            sliders = browser.find_all(f"#{block} input[type=range]")
+            assert not browser.script(STATE, block)["nojs"], f"{page.name}: the explorer's script did not run"
+            for index, slider in enumerate(sliders):
+                before = browser.script(STATE, block)
+                browser.press(slider, Keys.ARROW_LEFT if slider.get_attribute("value") == slider.get_attribute(
+                    "max") else Keys.ARROW_RIGHT)
+                after = browser.script(STATE, block)
+                where = f"{page.name}, explorer {block}, slider {index + 1}"
+                assert after["labels"][index] != before["labels"][index], f"{where}: the label did not change"
+                assert after["src"] != before["src"], f"{where}: the image did not change"
+                assert after["alt"] != before["alt"], f"{where}: the alt text did not follow"
