@@ -4,8 +4,8 @@ A learning-rate or clip-threshold sweep trains K copies of the same architecture
 same batches. Rather than K small networks one after another, :func:`train_many` builds
 one network whose convolutions have ``groups=K``: group ``k`` holds model ``k``'s
 weights, so the models never mix, but every layer runs as one larger kernel (in
-channels-last layout, where a CPU's grouped convolution of 8x8 maps runs at 70-85 % of
-its matrix-multiply peak; see BENCHMARKS.md for what that buys and what bounds it). The
+channels-last layout, where a CPU's grouped convolution of 8x8 maps runs close to its
+matrix-multiply peak; BENCHMARKS.md has the measurements, what that buys and what bounds it). The
 first convolution is not grouped: every model reads the same images, so one convolution
 from the image channels to K x width channels computes all K first layers. Each model
 keeps its own learning rate, clip threshold, gradient norms, divergence step and record;
@@ -110,7 +110,7 @@ class WideCNN(nn.Module):
                 wide_conv.bias.copy_(torch.cat([b.conv.bias for b in blocks]))
             block = nn.Module()
             act = blocks[0].act
-            if type(act) is nn.ReLU:  # in place: no second 8x-wide tensor to write (5 % of a step)
+            if type(act) is nn.ReLU:  # in place: no second K-wide tensor to write
                 act = nn.ReLU(inplace=True)
             block.conv, block.norm, block.act = wide_conv, _wide_norm([b.norm for b in blocks]), act
             block.residual, block.residual_scale = blocks[0].residual, blocks[0].residual_scale
@@ -144,7 +144,7 @@ class WideCNN(nn.Module):
 
 class _ManyLinear(nn.Module):
     """K linear layers as one batched matrix product: (batch, K, in) -> (batch, K, out).
-    (A grouped ``Conv1d`` did the same in 0.7 ms a step, 5-7 % of a run.) ``weight`` is
+    (one kernel call for all K heads, cheaper than a grouped ``Conv1d``). ``weight`` is
     (K * out, in), model-major like every other wide parameter."""
 
     def __init__(self, layers: list[nn.Linear]):
@@ -266,9 +266,9 @@ class _Together:
             # (positions, K, C) without a copy: the activations are channels-last.
             per_model = y.permute(0, 2, 3, 1).reshape(-1, k, c // k)
             n = per_model.shape[0] * per_model.shape[2]
-            # Every reduction runs over dim 0 first, to (K, channels): a plain sum, amin or amax
-            # along the outer dimension of a contiguous tensor takes 0.06-0.25 ms for 2 MB here,
-            # a boolean count or an aminmax over the same data 0.7-1.4 ms.
+            # Every reduction runs over dim 0 first, to (K, channels), and as a plain sum, amin or
+            # amax: on a CPU these are several times faster along the outer dimension of a
+            # contiguous tensor than a boolean count or an aminmax.
             shift = per_model[:4].mean(dim=(0, 2), keepdim=True)  # as in LayerMonitor: no cancellation
             centred = per_model - shift
             offset = centred.sum(0).sum(1) / n
@@ -287,8 +287,7 @@ class _Together:
         """(layers, K) norms of each layer's slot in ``rows``: summed in float32, and again in
         float64 for a model whose sums leave the range where float32 is exact, as in
         :class:`LayerMonitor` (:func:`float64_where_needed`), so the gradients of a vanishing
-        layer never underflow to 0. (Always float64 cost 8 % of a step: the conversion copies
-        the row.)"""
+        layer never underflow to 0. (Converting every row to float64 would copy it.)"""
         slots = rows.view(self.k, len(self.layer_sizes), self.slot)
         sums = float64_where_needed(
             torch.linalg.vector_norm(slots, dim=2).double().square_(),              # (K, layers)
@@ -410,7 +409,7 @@ class _Together:
 
     def _accuracy(self, x, y, chunk: int = 128):
         # One model's activations for 1024 images are 4 MB per layer at 8x8 and width 16, K
-        # models' K times that: chunks of 128 stay in cache (8 models, 512 images: 24 ms, not 34).
+        # models' K times that: chunks of 128 images keep them in the CPU's cache.
         correct = torch.zeros(self.k, device=self.device)
         loss = torch.zeros(self.k, device=self.device)
         for start in range(0, len(y), chunk):
