@@ -83,3 +83,34 @@ class Browser:
 
     def close(self) -> None:
         self.driver.quit()
+
+
+def screenshot_pages(pages, out_dir: Path, chunk: int = 3000) -> list[Path]:
+    """Full-page screenshots at 1280 px wide, cut into ``chunk``-pixel-high PNGs (for a
+    person to look at the built book as a reader would)."""
+    import tempfile
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    browser = Browser(Path(tempfile.mkdtemp()), WIDTH, chunk)
+    shots = []
+    try:
+        for page in pages:
+            browser.open(page)
+            browser.wait_for("return window.MathJax && MathJax.startup ? MathJax.startup.promise : null;", 60)
+            height = browser.script("return document.documentElement.scrollHeight")
+            for index, top in enumerate(range(0, height, chunk)):
+                browser.script(f"window.scrollTo(0, {top});")
+                path = out_dir / f"{page.stem}-{index:02d}.png"
+                browser.screenshot(path)
+                shots.append(path)
+    finally:
+        browser.close()
+    return shots
+
+
+if __name__ == "__main__":  # python tests/_chromium.py OUT_DIR [page.html ...]
+    import sys
+
+    targets = [Path(p) for p in sys.argv[2:]] or sorted((BOOK_HTML / "notebooks").glob("*.html"))
+    for shot in screenshot_pages(targets, Path(sys.argv[1])):
+        print(shot)
