@@ -49,8 +49,9 @@ book: $(STAMP) $(MATHJAX)
 	$(BIN)/jupyter-book build --all -W -n --keep-going .
 	@echo "Book: $(CURDIR)/_build/html/index.html"
 
+# One pytest worker per core (pytest-xdist); a notebook's cells stay together on one worker.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests notebooks --nbval-lax $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n auto --dist loadfile tests notebooks --nbval-lax $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m gradcourse.bench $(BENCH_ARGS)
