@@ -110,7 +110,9 @@ class WideCNN(nn.Module):
                 wide_conv.bias.copy_(torch.cat([b.conv.bias for b in blocks]))
             block = nn.Module()
             act = blocks[0].act
-            if type(act) is nn.ReLU:  # in place: no second K-wide tensor to write
+            # In place: no second K-wide tensor to write. Not in a pre-activation residual
+            # block, whose activation reads the residual stream itself (with no norm between).
+            if type(act) is nn.ReLU and not blocks[0].residual:
                 act = nn.ReLU(inplace=True)
             block.conv, block.norm, block.act = wide_conv, _wide_norm([b.norm for b in blocks]), act
             block.residual, block.residual_scale = blocks[0].residual, blocks[0].residual_scale

@@ -139,3 +139,14 @@ def test_activation_statistics_match_train_for_every_activation(digits, activati
     np.testing.assert_allclose(run.act_std[:1], alone.act_std[:1], rtol=1e-4)
     np.testing.assert_allclose(run.act_saturated[:1], alone.act_saturated[:1], atol=1e-6)
     np.testing.assert_allclose(run.act_dead[:1], alone.act_dead[:1], atol=1e-6)
+
+
+def test_an_unnormalized_residual_relu_network_trains_together_as_alone(digits):
+    """The block's ReLU reads the residual stream directly when there is no normalization:
+    it must not overwrite it (an in-place ReLU there broke backward and the forward values)."""
+    model = gc.CNNConfig(depth=4, width=8, residual=True, norm="none", activation="relu")
+    configs = [gc.TrainConfig(steps=6, lr=lr, eval_every=6) for lr in (0.01, 0.05)]
+    for config, run in zip(configs, train_many(model, configs, digits)):
+        alone = gc.train(model, config, digits)
+        np.testing.assert_allclose(run.loss[:3], alone.loss[:3], rtol=1e-5)
+
