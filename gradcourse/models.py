@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from . import _validate as check
+from .hooks import forward_hooks
 
 ACTIVATIONS = ("sigmoid", "tanh", "relu", "leaky_relu", "gelu")
 NORMS = ("none", "batch", "group", "layer")
@@ -167,21 +168,19 @@ class CNN(nn.Module):
 
     def summary(self, input_shape) -> list[dict]:
         """Output shape and parameter count of each layer for one input of ``input_shape`` (C, H, W)."""
-        rows, hooks = [], []
-        for name, layer in self.layers().items():
-            def record(module, inputs, output, name=name):
-                params = sum(p.numel() for p in module.parameters())
-                rows.append({"layer": name, "output_shape": tuple(output.shape[1:]), "parameters": params})
-            hooks.append(layer.register_forward_hook(record))
+        layers, rows = self.layers(), []
+
+        def record(name, output):
+            params = sum(p.numel() for p in layers[name].parameters())
+            rows.append({"layer": name, "output_shape": tuple(output.shape[1:]), "parameters": params})
+
+        was_training = self.training
+        self.eval()
         try:
-            was_training = self.training
-            self.eval()
-            with torch.no_grad():
+            with forward_hooks(layers, record), torch.no_grad():
                 self(torch.zeros(1, *input_shape, device=next(self.parameters()).device))
-            self.train(was_training)
         finally:
-            for hook in hooks:
-                hook.remove()
+            self.train(was_training)
         return rows
 
 

@@ -13,10 +13,13 @@ import copy
 import warnings
 
 from collections import OrderedDict
+from contextlib import ExitStack
 from typing import Callable, Mapping
 
 import torch
 from torch import nn
+
+from .hooks import forward_hooks
 
 ACTIVATION_STATS = ("mean", "std", "saturated", "dead")
 HIST_BINS = 32
@@ -117,16 +120,12 @@ def backward_signal(model: nn.Module, x: torch.Tensor, y: torch.Tensor, modules=
                    if isinstance(modules, Mapping) or modules is None else modules)
     outputs: list[torch.Tensor] = []
 
-    def keep(module, inputs, output):
+    def keep(_, output):
         output.retain_grad()
         outputs.append(output)
 
-    hooks = [m.register_forward_hook(keep) for m in modules]
-    try:
+    with forward_hooks(dict(enumerate(modules)), keep):
         F.cross_entropy(model(x), y).backward()
-    finally:
-        for hook in hooks:
-            hook.remove()
     return np.array([float(torch.linalg.vector_norm(out.grad, dtype=torch.float64)) for out in outputs])
 
 
@@ -188,7 +187,7 @@ class LayerMonitor:
         # (Apple's MPS has no float64; there the norms stay float32.)
         self.norm_dtype = torch.float32 if device.type == "mps" else torch.float64
         self._previous: list[torch.Tensor] | None = None
-        self._hooks: list = []
+        self._hooks: ExitStack | None = None
         self.collect_activations = True
         self.collect_histograms = False
         n_act = len(self.activations)
@@ -203,8 +202,10 @@ class LayerMonitor:
 
     # -- hooks -------------------------------------------------------------------------
     def __enter__(self) -> "LayerMonitor":
-        for index, (name, module) in enumerate(self.activations.items()):
-            self._hooks.append(module.register_forward_hook(self._make_hook(index, module)))
+        readers = [self._make_hook(index, module) for index, module in enumerate(self.activations.values())]
+        self._hooks = ExitStack()
+        self._hooks.enter_context(forward_hooks(dict(enumerate(self.activations.values())),
+                                                lambda index, output: readers[index](output)))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -212,14 +213,14 @@ class LayerMonitor:
 
     def remove(self) -> None:
         """Remove the forward hooks (called automatically at the end of a ``with`` block)."""
-        for hook in self._hooks:
-            hook.remove()
-        self._hooks.clear()
+        if self._hooks is not None:
+            self._hooks.close()
+            self._hooks = None
 
     def _make_hook(self, index: int, module: nn.Module):
         flat_region, flat_channel = flat_tests(module)
 
-        def hook(mod, inputs, output):
+        def hook(output):
             if not (self.collect_activations and torch.is_grad_enabled()):
                 return
             with torch.inference_mode():

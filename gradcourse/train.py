@@ -175,8 +175,8 @@ def train(model_config: CNNConfig | None = None, train_config: TrainConfig | Non
         keep_model: keep the trained model on ``run.model``.
         cache: read the record from the disk cache (``$GRADCOURSE_CACHE``) when this exact
             configuration already ran with this version of gradcourse, and write it there
-            otherwise. Needs ``data`` as a name or :class:`DataConfig`; ignored with ``model``
-            or ``keep_model``.
+            otherwise. Needs ``data`` as a name or :class:`DataConfig`; ignored with ``model``,
+            ``keep_model`` or ``monitor=False`` (whose record has no statistics).
         **overrides: any field of CNNConfig, TrainConfig or DataConfig, e.g. ``depth=20, lr=0.1``.
 
     Example:
@@ -202,7 +202,7 @@ def train(model_config: CNNConfig | None = None, train_config: TrainConfig | Non
     else:
         data = load_data(data, **data_over) if not isinstance(data, DataConfig) else load_data(replace(data, **data_over))
     key = None
-    if cache and model is None and not keep_model and data.config is not None:
+    if cache and monitor and model is None and not keep_model and data.config is not None:
         key = run_key(model_config, train_config, data.config, device.type)
         cached = load_run(key)
         if cached is not None:

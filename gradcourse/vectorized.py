@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import ImageData
+from .hooks import forward_hooks
 from .device import keep_freed_memory
 from .models import CNN, CNNConfig, block_rule, build_model
 from .monitor import ACTIVATION_STATS, HIST_BINS, flat_tests, float64_where_needed, pad_to_slots
@@ -255,35 +256,34 @@ class _Together:
         self.alive = torch.ones(self.k, dtype=torch.bool, device=device)
         self.act_stats = torch.zeros(len(wide.blocks), self.k, len(ACTIVATION_STATS), device=device)
         self.collect = False
-        for index, block in enumerate(wide.blocks):
-            block.act.register_forward_hook(self._activation_hook(index))
 
-    def _activation_hook(self, index):
-        def hook(module, inputs, output):
-            if not (self.collect and torch.is_grad_enabled()):
-                return
-            y = output.detach()
-            b, c = y.shape[:2]
-            k = self.k
-            # (positions, K, C) without a copy: the activations are channels-last.
-            per_model = y.permute(0, 2, 3, 1).reshape(-1, k, c // k)
-            n = per_model.shape[0] * per_model.shape[2]
-            # Every reduction runs over dim 0 first, to (K, channels), and as a plain sum, amin or
-            # amax: on a CPU these are several times faster along the outer dimension of a
-            # contiguous tensor than a boolean count or an aminmax.
-            shift = per_model[:4].mean(dim=(0, 2), keepdim=True)  # as in LayerMonitor: no cancellation
-            centred = per_model - shift
-            offset = centred.sum(0).sum(1) / n
-            var = (centred.square_().sum(0).sum(1) / n - offset * offset).clamp_min(0.0)
-            flat_region, flat_channel = flat_tests(module)
-            if type(module) is nn.ReLU:   # outputs >= 0: the flat ones are the zeros
-                flat = 1.0 - torch.sign(per_model).sum(0).sum(1) / n
-            else:
-                flat = flat_region(per_model).sum(0, dtype=torch.int32).sum(1) / n
-            low, high = per_model.amin(dim=0), per_model.amax(dim=0)  # (K, channels per model)
-            dead = flat_channel(low, high).float().mean(1)
-            self.act_stats[index] = torch.stack([shift.view(k) + offset, var.sqrt(), flat, dead], dim=1)
-        return hook
+    def _read_activations(self, index: int, output: torch.Tensor) -> None:
+        """The activation statistics of block ``index``'s K models (a forward hook, while
+        :meth:`run` runs and ``collect`` is set)."""
+        if not (self.collect and torch.is_grad_enabled()):
+            return
+        module = self.wide.blocks[index].act
+        y = output.detach()
+        b, c = y.shape[:2]
+        k = self.k
+        # (positions, K, C) without a copy: the activations are channels-last.
+        per_model = y.permute(0, 2, 3, 1).reshape(-1, k, c // k)
+        n = per_model.shape[0] * per_model.shape[2]
+        # Every reduction runs over dim 0 first, to (K, channels), and as a plain sum, amin or
+        # amax: on a CPU these are several times faster along the outer dimension of a
+        # contiguous tensor than a boolean count or an aminmax.
+        shift = per_model[:4].mean(dim=(0, 2), keepdim=True)  # as in LayerMonitor: no cancellation
+        centred = per_model - shift
+        offset = centred.sum(0).sum(1) / n
+        var = (centred.square_().sum(0).sum(1) / n - offset * offset).clamp_min(0.0)
+        flat_region, flat_channel = flat_tests(module)
+        if type(module) is nn.ReLU:   # outputs >= 0: the flat ones are the zeros
+            flat = 1.0 - torch.sign(per_model).sum(0).sum(1) / n
+        else:
+            flat = flat_region(per_model).sum(0, dtype=torch.int32).sum(1) / n
+        low, high = per_model.amin(dim=0), per_model.amax(dim=0)  # (K, channels per model)
+        dead = flat_channel(low, high).float().mean(1)
+        self.act_stats[index] = torch.stack([shift.view(k) + offset, var.sqrt(), flat, dead], dim=1)
 
     def slot_norms(self, rows: torch.Tensor) -> torch.Tensor:
         """(layers, K) norms of each layer's slot in ``rows``: summed in float32, and again in
@@ -318,6 +318,11 @@ class _Together:
         return losses
 
     def run(self) -> list[Run]:
+        activations = {index: block.act for index, block in enumerate(self.wide.blocks)}
+        with forward_hooks(activations, self._read_activations):
+            return self._train()
+
+    def _train(self) -> list[Run]:
         base, k, device = self.base, self.k, self.device
         steps = base.steps
         n_layers = len(self.layer_params)
