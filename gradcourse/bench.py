@@ -58,7 +58,7 @@ def slider_roundtrip(moves: int) -> dict:
     figure drawn while training."""
     import numpy as np
 
-    from .live_explorer import LiveExplorer
+    from .live_sliders import LiveExplorer
 
     explorer = LiveExplorer(start=False)
     explorer.set(lr=0.5, wait=True)  # warm-up: first figure, font cache, thread start
@@ -101,7 +101,7 @@ def sweep_speedup(repeats: int, steps: int | None = None, k: int = 8, threads: i
     The default configuration is the slider's (the live explorer's ``LIVE_MODEL`` and
     ``LIVE_TRAIN``: what a precomputed learning-rate slider sweeps); ``name`` is added to the
     keys of another."""
-    from .live_explorer import LIVE_MODEL, LIVE_TRAIN
+    from .live_sliders import LIVE_MODEL, LIVE_TRAIN
     from .vectorized import passes_only, train_many
 
     previous = torch.get_num_threads()
@@ -151,7 +151,7 @@ def sweep_scaling(repeats: int, widths=(1, 4, 8, 16), steps: int | None = None) 
     together, for each ``k`` in ``widths``, and one run of :func:`gradcourse.train` alone
     (best of ``repeats``, the widths interleaved): where the per-model cost stops falling,
     no wider sweep can beat the ratio of ``train_alone_s`` to that cost."""
-    from .live_explorer import LIVE_MODEL, LIVE_TRAIN
+    from .live_sliders import LIVE_MODEL, LIVE_TRAIN
     from .vectorized import train_many
 
     data = load_data("digits")

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .hooks import forward_hooks
 from .models import CNNConfig, build_model
 from .monitor import backward_signal, jacobian_singular_values
 
@@ -98,19 +99,13 @@ def layer_output_variances(model: nn.Module, batch: torch.Tensor) -> "OrderedDic
     layers = weight_layers(model)
     variances: "OrderedDict[str, float]" = OrderedDict()
 
-    def hook_for(name):
-        def hook(module, inputs, output):
-            variances[name] = float(output.detach().to(torch.float64).var())
-        return hook
+    def read(name, output):
+        variances[name] = float(output.detach().to(torch.float64).var())
 
-    hooks = [module.register_forward_hook(hook_for(name)) for name, module in layers.items()]
-    try:
-        with torch.no_grad():
-            model(batch)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return variances
+    with forward_hooks(layers, read), torch.no_grad():
+        model(batch)
+    # In the order of the layers, not of the forward pass.
+    return OrderedDict((name, variances[name]) for name in layers if name in variances)
 
 
 @torch.no_grad()
@@ -246,7 +241,7 @@ def edge_of_chaos_explorer(data, sigma_ws=(0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 
     ``sigma_w = 1`` and the middle depth. Keyword arguments go to ``static_explorer``
     (``title``, ``caption``, ``alt``, ``initial`` keyed by :data:`SIGMA_LABEL` and ``depth``...)."""
     from .plots import render_png
-    from .static_explorer import static_explorer
+    from .static_sliders import static_explorer
 
     # Each figure is rendered to PNG and closed at once, so at most one is open at a time.
     frames = {(s, d): render_png(edge_of_chaos_frame(s, d, data, width, seed, activation, scheme))

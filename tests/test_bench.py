@@ -19,7 +19,7 @@ def test_the_passes_only_reference_runs_the_wide_networks_passes_on_the_same_bat
     """passes_only's time is a lower bound on train_many's only if it does the same passes:
     one forward (and backward) of the K-wide network per step, on train_many's batches."""
     from gradcourse.data import load_data
-    from gradcourse.live_explorer import LIVE_MODEL, LIVE_TRAIN
+    from gradcourse.live_sliders import LIVE_MODEL, LIVE_TRAIN
     from gradcourse.vectorized import WideCNN, passes_only
 
     data = load_data("digits")

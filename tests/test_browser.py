@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from gradcourse.static_explorer import static_explorer
+from gradcourse.static_sliders import static_explorer
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from _chromium import BOOK_HTML, Browser, require_chromium
 

@@ -15,10 +15,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
 import gradcourse as gc  # noqa: E402
-from gradcourse.live_explorer import LiveExplorer, StaticBuildNote, in_static_build, live_explorer  # noqa: E402
+from gradcourse.live_sliders import LiveExplorer, StaticBuildNote, in_static_build, live_explorer  # noqa: E402
 from gradcourse.plots import explorer_figure, render_png  # noqa: E402
-from gradcourse.static_explorer import format_value, static_explorer, sweep_explorer  # noqa: E402
-from gradcourse.sweep import sweep  # noqa: E402
+from gradcourse.static_sliders import format_value, static_explorer, sweep_explorer  # noqa: E402
+from gradcourse.sweeps import sweep  # noqa: E402
 
 PNG = b"\x89PNG\r\n\x1a\n"
 TINY = gc.TrainConfig(steps=20, eval_every=10, eval_examples=128)
@@ -225,7 +225,7 @@ def test_the_first_frame_is_drawn_early_and_later_ones_wait_for_the_interval(exp
 
 
 def test_the_default_live_run_learns_and_fails_at_a_tenfold_learning_rate(digits):
-    from gradcourse.live_explorer import LIVE_MODEL, LIVE_TRAIN
+    from gradcourse.live_sliders import LIVE_MODEL, LIVE_TRAIN
 
     assert LIVE_TRAIN.steps <= 100  # sized to retrain within a second: see BENCHMARKS.md
     good = gc.train(LIVE_MODEL, LIVE_TRAIN, digits, device="cpu", progress=False)
@@ -309,8 +309,24 @@ def test_an_explorer_displayed_in_a_static_build_shows_the_note(explorer, monkey
 
 def test_public_names():
     assert gc.sweep is sweep and gc.static_explorer is static_explorer and gc.live_explorer is live_explorer
-    assert gc.sweep_explorer is sweep_explorer and gc.LiveExplorer is LiveExplorer
-    assert gc.in_static_build is in_static_build
+    assert gc.sweep_explorer is sweep_explorer
+
+
+def test_the_public_api_is_every_name_the_chapters_use_and_fits_one_screen():
+    import json
+    import re
+    from pathlib import Path
+
+    used = set()
+    for path in (Path(__file__).parent.parent / "notebooks").glob("*.ipynb"):
+        for cell in json.loads(path.read_text())["cells"]:
+            if cell["cell_type"] == "code":
+                used |= set(re.findall(r"\bgc\.([A-Za-z_]\w*)", "".join(cell["source"])))
+    used -= {"__version__", "__file__"}
+    assert used <= set(gc.__all__), f"chapters use names outside the public API: {sorted(used - set(gc.__all__))}"
+    assert len(gc.__all__) <= 40
+    for name in gc.__all__:
+        assert getattr(gc, name) is not None
 
 
 def test_render_png_closes_pyplot_figures():

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 import gradcourse as gc
+from gradcourse.train import make_optimizer
 from gradcourse.clipping import CLIP_MODES
 from gradcourse.train import OPTIMIZERS
 
@@ -299,13 +300,13 @@ def test_nesterov_momentum_trains(digits):
 
 def test_optimizers_are_the_torch_classes_with_the_config_settings():
     params = [nn.Parameter(torch.ones(2))]
-    sgd = gc.make_optimizer(params, gc.TrainConfig(optimizer="momentum", lr=0.2, momentum=0.8, nesterov=True,
+    sgd = make_optimizer(params, gc.TrainConfig(optimizer="momentum", lr=0.2, momentum=0.8, nesterov=True,
                                                    weight_decay=0.01))
     assert isinstance(sgd, torch.optim.SGD)
     group = sgd.param_groups[0]
     assert (group["lr"], group["momentum"], group["nesterov"], group["weight_decay"]) == (0.2, 0.8, True, 0.01)
-    assert isinstance(gc.make_optimizer(params, gc.TrainConfig(optimizer="adamw")), torch.optim.AdamW)
-    assert isinstance(gc.make_optimizer(params, gc.TrainConfig(optimizer="rmsprop")), torch.optim.RMSprop)
+    assert isinstance(make_optimizer(params, gc.TrainConfig(optimizer="adamw")), torch.optim.AdamW)
+    assert isinstance(make_optimizer(params, gc.TrainConfig(optimizer="rmsprop")), torch.optim.RMSprop)
 
 
 def test_constant_schedule_keeps_the_learning_rate(digits):

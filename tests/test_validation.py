@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import gradcourse as gc
+from gradcourse.device import keep_freed_memory
 from gradcourse.data import DATASETS
 from gradcourse.models import ACTIVATIONS, INITS, NORMS, POOLS
 from gradcourse.train import OPTIMIZERS, SCHEDULES
@@ -235,4 +236,4 @@ def test_user_mistake_raises_a_gradcourse_error_not_a_torch_traceback(mistake):
 @pytest.mark.parametrize("limit", [0, 33, 2.5, "32", True])
 def test_keep_freed_memory_names_its_allowed_range(limit):
     with pytest.raises(gc.ConfigError, match=r"limit_mb=.*from 1 to 32"):
-        gc.keep_freed_memory(limit)
+        keep_freed_memory(limit)

@@ -168,7 +168,7 @@ def sweep_explorer(grid: dict[str, list], plot: Callable | None = None, model_co
         >>> gc.sweep_explorer({"lr": [0.01, 0.1, 1.0], "clip_threshold": [None, 1.0]},
         ...                   train_config=gc.TrainConfig(steps=200))  # doctest: +SKIP
     """
-    from .sweep import sweep
+    from .sweeps import sweep
 
     runs = sweep(grid, model_config, train_config, data, cache=cache, progress=progress)
     if plot is None:
