@@ -239,7 +239,7 @@ def edge_of_chaos_explorer(data, sigma_ws=(0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 
     """A :func:`~gradcourse.static_explorer` with sliders for ``sigma_w`` (labelled "weight
     scale σw") and ``depth``, each frame an :func:`edge_of_chaos_frame`; it starts at
     ``sigma_w = 1`` and the middle depth. Keyword arguments go to ``static_explorer``
-    (``title``, ``caption``, ``alt``, ``initial`` keyed by :data:`SIGMA_LABEL` and ``depth``...)."""
+    (``title``, ``caption``, ``alt``, ``initial`` keyed by ``SIGMA_LABEL`` and ``depth``...)."""
     from .plots import render_png
     from .static_sliders import static_explorer
 

@@ -66,7 +66,7 @@ class StaticBuildNote:
 
 def live_explorer(model_config: CNNConfig | None = None, train_config: TrainConfig | None = None,
                   data="digits", plot: Callable[[Run], object] | None = None, **settings):
-    """A :class:`~gradcourse.LiveExplorer` to display in a notebook, or a ``StaticBuildNote`` while the
+    """A :class:`~gradcourse.live_sliders.LiveExplorer` to display in a notebook, or a ``StaticBuildNote`` while the
     static book is built (no widgets are created then, so the page loads no widget manager).
 
     Example:

@@ -20,7 +20,7 @@ from .train import TrainConfig, train
 
 @dataclass(frozen=True)
 class RangeTest:
-    """The outcome of :func:`lr_range_test`.
+    """The outcome of :func:`gradcourse.lr_range_test`.
 
     Attributes:
         lrs: the learning rate of each step kept.
@@ -36,7 +36,7 @@ class RangeTest:
 
     @property
     def min_loss_lr(self) -> float:
-        """The rate at the lowest smoothed loss (already on the edge: too large to train at)."""
+        """The rate at the lowest smoothed loss, already on the edge (too large to train at)."""
         return float(self.lrs[int(np.argmin(self.losses))])
 
     @property

@@ -183,7 +183,7 @@ def train_many(model_config: CNNConfig, train_configs: list[TrainConfig], data: 
     """Train every ``TrainConfig`` in ``train_configs`` on ``model_config`` together.
 
     Returns one :class:`Run` per configuration, in order. Raises ``ValueError`` if the
-    configurations cannot share a network (check :func:`can_train_together` first)."""
+    configurations cannot share a network (``unsupported_options`` says why)."""
     problems = unsupported_options(model_config, train_configs)
     if problems:
         raise ValueError("train_many cannot train these configurations together: " + "; ".join(problems)
