@@ -120,8 +120,11 @@ def tiny_book(folder: Path, cell: str) -> Path:
     for bib in CONFIG.get("bibtex_bibfiles", []):
         (folder / bib).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / bib, folder / bib)
-    for path in CONFIG["sphinx"].get("local_extensions", {}).values():
-        shutil.copytree(ROOT / path, folder / path, dirs_exist_ok=True)
+    # The book's own Sphinx extension and style sheet (the MathJax copy is made by `make book`).
+    sphinx = CONFIG["sphinx"]
+    for path in [*sphinx.get("local_extensions", {}).values(), *sphinx["config"].get("html_static_path", [])]:
+        if not path.startswith(".cache"):
+            shutil.copytree(ROOT / path, folder / path, dirs_exist_ok=True)
     (folder / "_toc.yml").write_text("format: jb-book\nroot: notebooks/chapter\n")
     (folder / "notebooks").mkdir()
     (folder / "notebooks" / "chapter.ipynb").write_text(json.dumps(notebook("# A chapter\nx = 1", cell)))
