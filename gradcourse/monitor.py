@@ -136,12 +136,13 @@ class LayerMonitor:
 
         with LayerMonitor(model) as monitor:
             for x, y in batches:
-                loss = loss_fn(model(x), y)           # hooks read activation statistics
+                loss = loss_fn(model(x), y)   # hooks read activation statistics
                 loss.backward()
-                grads = monitor.grad_norms()          # per-layer gradient norms
-                monitor.snapshot_weights()            # before the step
+                grads = monitor.grad_norms()  # per-layer gradient norms
+                monitor.snapshot_weights()    # before the step
                 optimizer.step()
-                norms, ratios = monitor.update_ratios()  # ||W||, ||delta W|| / ||W|| per layer
+                # per layer: ||W||, and ||delta W|| / ||W||
+                norms, ratios = monitor.update_ratios()
 
     Per layer means all parameters of that named module (a conv block's convolution
     weight and bias, plus its normalization's parameters).

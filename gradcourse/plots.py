@@ -130,17 +130,21 @@ def plot_grad_norm_profile(runs, steps=(0,), ax=None, title: str | None = None):
     position = {name: i for i, name in enumerate(names)}
     line_styles = ["-", "--", ":", "-."]
     palette = colors(len(runs))
-    drawn = 0
+    drawn: list[tuple[str, np.ndarray, np.ndarray]] = []
     for color, (label, run) in zip(palette, runs.items()):
-        x = [position[name] for name in run.layer_names]
         for style, step in zip(line_styles * 4, steps):
             if not len(run.stat_step) or step > run.stat_step[-1]:
                 continue
             row = int(np.argmin(np.abs(run.stat_step - step)))
-            values = _positive(run.layer_grad_norm[row])
-            suffix = f", step {run.stat_step[row]}" if len(steps) > 1 else ""
-            ax.plot(x, values, style, marker="o", markersize=3, color=color, label=f"{label}{suffix}")
-            drawn += 1
+            x, values = _gaps_between(np.array([position[name] for name in run.layer_names], dtype=float),
+                                      _positive(run.layer_grad_norm[row]))
+            name = f"{label}, step {run.stat_step[row]}" if len(steps) > 1 else label
+            # A series equal to one drawn before hides under it: say so in the legend.
+            same = next((other for other, ox, ov in drawn if len(ox) == len(x) and np.array_equal(ox, x)
+                         and np.allclose(ov, values, rtol=1e-6, equal_nan=True)), None)
+            ax.plot(x, values, style, marker="o", markersize=3, color=color,
+                    label=name + (f" (same as {same})" if same else ""))
+            drawn.append((name, x, values))
     if not drawn:
         _empty(ax, "no recorded steps")
         return fig
@@ -222,7 +226,8 @@ def plot_activation_histograms(run: Run, layers=None, max_layers: int = 6, bins:
         axes[row * columns].set_ylabel("activation value")
     for ax in axes[len(names):]:
         ax.axis("off")
-    fig.colorbar(image, ax=axes[:len(names)].tolist(), label="fraction of values (log scale)", shrink=0.9)
+    fig.colorbar(image, ax=axes[:len(names)].tolist(), label="fraction of values (log scale; white: none)",
+                 shrink=0.9)
     return fig
 
 
@@ -243,6 +248,16 @@ def readable_log_axis(ax) -> None:
     ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     ax.yaxis.set_minor_locator(NullLocator())
     ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def _gaps_between(x: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``x`` and ``values`` with a NaN wherever ``x`` skips positions (a shallow run's last conv
+    next to its fc on an axis of a deeper run's layers): no line is drawn across layers that
+    this run does not have."""
+    if len(x) < 2:
+        return x, values
+    jumps = np.flatnonzero(np.diff(x) > 1) + 1
+    return np.insert(x, jumps, np.nan), np.insert(values, jumps, np.nan)
 
 
 def merged_layer_order(name_lists) -> list[str]:

@@ -28,6 +28,9 @@ const scrolls = e => e.scrollWidth > e.clientWidth + 1;
 const math = [...document.querySelectorAll('.math')];
 const code = [...document.querySelectorAll('div.cell_input pre')].filter(visible);
 const outputs = [...document.querySelectorAll('div.cell_output pre')].filter(visible);
+const blocks = [...document.querySelectorAll('article div.highlight pre')].filter(
+  p => visible(p) && !p.closest('div.cell'));   // code blocks in the text, not cells
+const displays = [...document.querySelectorAll('article mjx-container[display="true"]')].filter(visible);
 const tables = [...document.querySelectorAll('table')].filter(visible);
 const images = [...document.querySelectorAll('div.cell_output img')].filter(visible);
 await Promise.all(images.map(i => i.complete ? null : new Promise(r => { i.onload = i.onerror = r; })));
@@ -39,7 +42,10 @@ return {
   raw_math: math.filter(m => !m.querySelector('mjx-container')).map(m => m.textContent.slice(0, 60)),
   code: code.length,
   scrolling_code: code.filter(scrolls).map(p => p.textContent.split('\n').find(l => l.length > 80) || ''),
-  wide_outputs: outputs.filter(scrolls).map(p => p.textContent.slice(0, 60)),
+  wide_outputs: outputs.concat(blocks).filter(scrolls).map(p => p.textContent.slice(0, 60)),
+  wide_math: displays.filter(m => m.getBoundingClientRect().width > width + 1
+                                  || m.getBoundingClientRect().right > column.getBoundingClientRect().right + 1
+                                  || scrolls(m)).map(m => m.textContent.slice(0, 40)),
   wide_tables: tables.filter(t => t.getBoundingClientRect().width > width + 1
                                   || scrolls(t.parentElement)).map(t => t.textContent.trim().slice(0, 40)),
   figures: images.length,
@@ -79,7 +85,7 @@ def measurements(tmp_path_factory):
     print(f"\n{'page':45s} {'math':>5s} {'raw':>4s} {'code':>5s} {'scroll':>6s} {'figs':>5s} "
           f"{'small':>5s} {'no alt':>6s} {'wide':>5s} {'stderr':>6s}")
     for name, m in results.items():
-        wide = len(m["wide_outputs"]) + len(m["wide_tables"])
+        wide = len(m["wide_outputs"]) + len(m["wide_tables"]) + len(m["wide_math"])
         print(f"{name:45s} {m['math']:5d} {len(m['raw_math']):4d} {m['code']:5d} {len(m['scrolling_code']):6d} "
               f"{m['figures']:5d} {len(m['small_figures']):5d} {len(m['no_alt']):6d} {wide:5d} {m['stderr']:6d}")
     return results
@@ -103,9 +109,10 @@ def test_few_code_cells_scroll_sideways(measurements):
         + "; ".join(f"{name}: {len(lines)}" for name, lines in scrolling.items()))
 
 
-def test_no_output_or_table_is_wider_than_the_column(measurements):
+def test_no_output_code_block_table_or_formula_is_wider_than_the_column(measurements):
     assert not _offenders(measurements, "wide_outputs")
     assert not _offenders(measurements, "wide_tables")
+    assert not _offenders(measurements, "wide_math")
 
 
 def test_no_figure_is_shown_below_sixty_percent(measurements):

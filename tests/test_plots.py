@@ -27,7 +27,8 @@ def _points_by_tick(ax):
     drawn: dict[str, list[float]] = {}
     for line in ax.get_lines():
         for x, y in zip(line.get_xdata(), line.get_ydata()):
-            drawn.setdefault(labels[int(round(x))], []).append(float(y))
+            if np.isfinite(x):  # NaN: a gap where a shallower run has no layer
+                drawn.setdefault(labels[int(round(x))], []).append(float(y))
     return drawn
 
 
@@ -65,3 +66,21 @@ def test_a_long_layer_axis_labels_at_most_sixteen_ticks():
     plt.close(fig)
     assert len(ax.get_xticks()) == 41 and 2 <= len(shown) <= 16
     assert shown[0] == "conv1" and shown[-1] == "fc"
+
+
+def test_grad_norm_profile_draws_no_line_across_layers_a_run_does_not_have(shallow_and_deep):
+    shallow, deep = shallow_and_deep
+    fig = gc.plot_grad_norm_profile({"deep": deep, "shallow": shallow})
+    line = [line for line in fig.axes[0].get_lines() if line.get_label() == "shallow"][0]
+    plt.close(fig)
+    x = np.asarray(line.get_xdata(), dtype=float)
+    assert np.isnan(x).sum() == 1, "one gap, between conv3 and fc"
+
+
+def test_grad_norm_profile_says_when_a_series_hides_under_another(digits):
+    run = gc.train(gc.CNNConfig(depth=3, width=4), SHORT, digits, device="cpu")
+    fig = gc.plot_grad_norm_profile({"first": run, "second": run})
+    labels = [line.get_label() for line in fig.axes[0].get_lines()]
+    plt.close(fig)
+    assert labels == ["first", "second (same as first)"]
+
