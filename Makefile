@@ -44,7 +44,8 @@ book: $(STAMP) $(MATHJAX)
 	@# Run every notebook afresh, one per core (jupyter-cache's parallel executor), then build:
 	@# the book reads the outputs from that cache and reruns any notebook that failed there.
 	rm -rf $(NOTEBOOK_CACHE) && mkdir -p $(NOTEBOOK_CACHE)
-	$(BIN)/jcache notebook -p $(NOTEBOOK_CACHE) add notebooks/*.ipynb
+	@# Largest notebooks first (they run longest), so that no core waits alone at the end.
+	$(BIN)/jcache notebook -p $(NOTEBOOK_CACHE) add $$(ls -S notebooks/*.ipynb)
 	$(BIN)/jcache project -p $(NOTEBOOK_CACHE) execute --executor local-parallel --timeout 900
 	$(BIN)/jupyter-book build --all -W -n --keep-going .
 	@echo "Book: $(CURDIR)/_build/html/index.html"
