@@ -10,6 +10,7 @@ removes when its ``with`` block ends; nothing is kept but the statistics.
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 
 from collections import OrderedDict
@@ -43,6 +44,37 @@ def flat_tests(module: nn.Module):
     """``(test on y, per-channel test on (min, max) of y)`` for an activation module: where its
     derivative is (nearly) zero. Modules not listed are judged as ReLU is (flat where y <= 0)."""
     return _FLAT_REGION.get(type(module), _FLAT_REGION[nn.ReLU])
+
+
+# -- The statistics, as a textbook defines them ------------------------------------------
+# LayerMonitor computes exactly these for every layer at every step, fast (a few kernel
+# calls for all layers at once, in float64 where float32 squares would underflow); the
+# tests check it against these definitions.
+
+def layer_grad_norm(layer: nn.Module) -> float:
+    """A layer's gradient norm: the square root of the sum of the squares of the gradient
+    entries of all its parameters (weights and biases together)."""
+    return math.sqrt(sum(float(p.grad.double().square().sum()) for p in layer.parameters() if p.grad is not None))
+
+
+def update_to_weight_ratio(before: list[torch.Tensor], after: list[torch.Tensor]) -> float:
+    """``||W_after - W_before|| / ||W_before||`` over a layer's parameters: the share of its
+    weights one optimizer step changed."""
+    change = math.sqrt(sum(float((a.double() - b.double()).square().sum()) for b, a in zip(before, after)))
+    return change / math.sqrt(sum(float(b.double().square().sum()) for b in before))
+
+
+def activation_statistics(output: torch.Tensor, module: nn.Module) -> dict[str, float]:
+    """One activation module's output over a batch: its mean and (population) standard
+    deviation; the fraction of units in the flat region, where the derivative is (nearly)
+    zero (``flat_tests``); and the fraction of channels flat for every unit of the batch
+    (dead)."""
+    y = output.detach().double()
+    flat_region, flat_channel = flat_tests(module)
+    per_channel = y.transpose(0, 1).reshape(y.shape[1], -1)
+    dead = flat_channel(per_channel.amin(dim=1), per_channel.amax(dim=1))
+    return {"mean": float(y.mean()), "std": float(y.std(unbiased=False)),
+            "saturated": float(flat_region(y).double().mean()), "dead": float(dead.double().mean())}
 
 
 # Squared norms summed in float32 are exact to rounding while every layer's sum lies in this
@@ -145,7 +177,10 @@ class LayerMonitor:
                 norms, ratios = monitor.update_ratios()
 
     Per layer means all parameters of that named module (a conv block's convolution
-    weight and bias, plus its normalization's parameters).
+    weight and bias, plus its normalization's parameters). The statistics are those of
+    :func:`~gradcourse.monitor.layer_grad_norm`,
+    :func:`~gradcourse.monitor.update_to_weight_ratio` and
+    :func:`~gradcourse.monitor.activation_statistics`, computed for all layers at once.
     """
 
     def __init__(self, model: nn.Module, layers: Mapping[str, nn.Module] | None = None,

@@ -1,12 +1,15 @@
 """LayerMonitor's numbers equal the same quantities computed by hand with autograd and hooks."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import gradcourse as gc
+from gradcourse.hooks import forward_hooks
 
 CONFIG = gc.CNNConfig(depth=3, width=8, norm="batch", init="kaiming_normal")
 
@@ -342,3 +345,43 @@ def test_one_rows_fallback_to_float64_does_not_change_the_other_rows():
     with_tiny_row = monitor._layer_norms(torch.stack([grads, grads * 1e-25]))
     assert torch.equal(with_tiny_row[0], alone[0])
     assert with_tiny_row[1] / with_tiny_row[0] == pytest.approx(torch.full((2,), 1e-25, dtype=torch.float64), rel=1e-6)
+
+
+# -- the textbook definitions themselves -----------------------------------------------
+
+def test_layer_grad_norm_is_the_root_of_the_sum_of_squared_gradient_entries():
+    layer = nn.Linear(2, 1)
+    layer.weight.grad = torch.tensor([[3.0, 0.0]])
+    layer.bias.grad = torch.tensor([4.0])
+    assert gc.monitor.layer_grad_norm(layer) == pytest.approx(5.0)
+
+
+def test_update_to_weight_ratio_is_the_change_over_the_weights():
+    before, after = [torch.tensor([3.0, 4.0])], [torch.tensor([3.0, 4.5])]
+    assert gc.monitor.update_to_weight_ratio(before, after) == pytest.approx(0.5 / 5.0)
+
+
+def test_activation_statistics_of_a_relu_output_count_zeros_and_dead_channels():
+    output = torch.tensor([[[[0.0, 2.0]], [[0.0, 0.0]]], [[[1.0, 1.0]], [[0.0, 0.0]]]])  # (2, 2, 1, 2)
+    stats = gc.monitor.activation_statistics(output, nn.ReLU())
+    assert stats["mean"] == pytest.approx(0.5) and stats["std"] == pytest.approx(math.sqrt(0.5))
+    assert stats["saturated"] == pytest.approx(5 / 8) and stats["dead"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "relu", "tanh"])
+def test_the_monitor_computes_the_textbook_statistics(digits, activation):
+    torch.manual_seed(1)
+    model = gc.build_model(gc.CNNConfig(depth=3, width=8, activation=activation), digits)
+    x, y = one_batch(digits, 64)
+    outputs = {}
+    with gc.LayerMonitor(model) as monitor, forward_hooks(model.activation_modules(), outputs.__setitem__):
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        grads = monitor.grad_norms()
+    for index, (name, layer) in enumerate(model.layers().items()):
+        assert float(grads[index]) == pytest.approx(gc.monitor.layer_grad_norm(layer), rel=1e-6), name
+    for index, (name, module) in enumerate(model.activation_modules().items()):
+        expected = gc.monitor.activation_statistics(outputs[name], module)
+        assert monitor.activation_stats[index].tolist() == pytest.approx(
+            [expected[k] for k in ("mean", "std", "saturated", "dead")], rel=1e-3, abs=1e-6), name
+
