@@ -24,7 +24,7 @@ from .range_test import lr_range_test
 from .record import Run
 from .static_sliders import static_explorer, sweep_explorer
 from .sweeps import sweep
-from .train import TrainConfig, apply_max_norm, train
+from .train import TrainConfig, accuracy_and_loss, apply_max_norm, train
 from .vectorized import train_many
 
 __version__ = "0.1.0"
@@ -52,7 +52,7 @@ __all__ = [
     "CNNConfig", "TrainConfig", "DataConfig", "ConfigError", "DatasetUnavailable", "load_data",
     "available_offline", "ImageData",
     # models, training, the run record
-    "build_model", "CNN", "train", "Run", "train_many", "sweep", "lr_range_test",
+    "build_model", "CNN", "train", "Run", "train_many", "sweep", "lr_range_test", "accuracy_and_loss",
     # measuring
     "LayerMonitor", "backward_signal", "jacobian_singular_values",
     # remedies the course teaches with its own helpers

@@ -324,19 +324,10 @@ class _Loop:
         self.model.eval()
         self.monitor.collect_activations = False
         n = self.config.eval_examples
-        train_acc = self._accuracy_and_loss(self.data.x_train[:n], self.data.y_train[:n])[0]
+        train_acc = accuracy_and_loss(self.model, self.data.x_train[:n], self.data.y_train[:n])[0]
         val_x, val_y = (self.data.x_val, self.data.y_val) if final else (self.data.x_val[:n], self.data.y_val[:n])
-        val_acc, val_loss = self._accuracy_and_loss(val_x, val_y)
+        val_acc, val_loss = accuracy_and_loss(self.model, val_x, val_y)
         return train_acc, val_acc, val_loss
-
-    def _accuracy_and_loss(self, x, y, chunk: int = 1024) -> tuple[float, float]:
-        correct, loss = torch.zeros((), device=x.device), torch.zeros((), device=x.device)
-        for start in range(0, len(y), chunk):
-            logits = self.model(x[start:start + chunk])
-            target = y[start:start + chunk]
-            correct += (logits.argmax(1) == target).sum()
-            loss += F.cross_entropy(logits, target, reduction="sum")
-        return float(correct) / len(y), float(loss) / len(y)
 
     def _record(self, per_step, lrs, layer_stats, act_stats, evals, hist_steps, hist_counts, hist_ranges,
                 start) -> Run:
@@ -364,6 +355,24 @@ class _Loop:
             hist_range=(torch.stack(hist_ranges).cpu().numpy() if hist_ranges else np.zeros((0, n_act, 2))),
             diverged_at=self.diverged_at, diverged_reason=self.reason, seconds=time.perf_counter() - start,
         )
+
+
+@torch.no_grad()
+def accuracy_and_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                      chunk: int = 1024) -> tuple[float, float]:
+    """``model``'s accuracy and mean cross-entropy on ``images`` and ``labels``, in chunks of
+    ``chunk`` images, on the model's device. The model's mode is left as it is (call
+    ``model.eval()`` first for the usual evaluation; in training mode batch norm uses each
+    chunk's own statistics)."""
+    device = next(model.parameters()).device
+    images, labels = images.to(device), labels.to(device)
+    correct, loss = torch.zeros((), device=device), torch.zeros((), device=device)
+    for start in range(0, len(labels), chunk):
+        logits = model(images[start:start + chunk])
+        target = labels[start:start + chunk]
+        correct += (logits.argmax(1) == target).sum()
+        loss += F.cross_entropy(logits, target, reduction="sum")
+    return float(correct) / len(labels), float(loss) / len(labels)
 
 
 def make_optimizer(parameters, config: TrainConfig) -> torch.optim.Optimizer:
