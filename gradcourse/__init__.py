@@ -9,14 +9,16 @@ The public API, in the order a notebook uses it::
     run.grad_norm_at(0)                                           # per-layer gradient norms
     gc.plot_gradient_flow(run)                                    # and the figure
 
-Everything else lives in its module (``gradcourse.train``, ``gradcourse.vectorized``...)
-and is an implementation detail. Importing gradcourse loads torch only; torchvision,
+``__all__`` is every name the chapters use. The rest lives in its module and is
+reached through it (``gradcourse.vectorized.train_many``, ``gradcourse.record.Run``,
+``gradcourse.plots.plot_lr_range_test``); the errors a learner may meet,
+:class:`ConfigError` and :class:`DatasetUnavailable`, are importable from here too. Importing gradcourse loads torch only; torchvision,
 scikit-learn, matplotlib and ipywidgets are imported when a function needs them.
 """
 from ._validate import ConfigError
 from .clipping import adaptive_clip_grad_, clip_gradients, unitwise_norm
 from .data import DataConfig, DatasetUnavailable, ImageData, available_offline, load_data
-from .device import available_devices, describe_device, pick_device
+from .device import describe_device, pick_device
 from .live_sliders import live_explorer
 from .models import CNN, CNNConfig, build_model
 from .monitor import LayerMonitor, backward_signal, jacobian_singular_values
@@ -31,7 +33,7 @@ __version__ = "0.1.0"
 
 # The figures need matplotlib: imported on first use, so that ``import gradcourse`` stays light.
 _PLOTS = ("plot_gradient_flow", "plot_grad_norm_profile", "plot_activation_stats", "plot_activation_histograms",
-          "plot_update_ratio", "plot_training_curves", "plot_clipping", "plot_lr_range_test")
+          "plot_update_ratio", "plot_training_curves", "plot_clipping")
 
 
 def __getattr__(name):
@@ -49,16 +51,15 @@ def __dir__():
 
 __all__ = [
     # configuration and data
-    "CNNConfig", "TrainConfig", "DataConfig", "ConfigError", "DatasetUnavailable", "load_data",
-    "available_offline", "ImageData",
+    "CNNConfig", "TrainConfig", "DataConfig", "load_data", "available_offline",
     # models, training, the run record
-    "build_model", "CNN", "train", "Run", "train_many", "sweep", "lr_range_test", "accuracy_and_loss",
+    "build_model", "train", "sweep", "lr_range_test", "accuracy_and_loss",
     # measuring
     "LayerMonitor", "backward_signal", "jacobian_singular_values",
     # remedies the course teaches with its own helpers
     "clip_gradients", "adaptive_clip_grad_", "unitwise_norm", "apply_max_norm",
     # devices
-    "pick_device", "describe_device", "available_devices",
+    "pick_device", "describe_device",
     # sliders: static (any page) and live (a kernel)
     "static_explorer", "sweep_explorer", "live_explorer",
     # figures

@@ -75,3 +75,25 @@ def clip_gradients(parameters: list[nn.Parameter], mode: str, threshold: float,
         else:
             fired = adaptive_clip_grad_(agc_parameters if agc_parameters is not None else parameters, threshold)
     return before, total_grad_norm(parameters), fired
+
+
+@torch.no_grad()
+def clip_rows_(rows: torch.Tensor, norms: torch.Tensor, mode: str, thresholds: torch.Tensor) -> torch.Tensor:
+    """:func:`clip_gradients`' rule for K models at once, in place: row ``i`` of ``rows``
+    holds all of model ``i``'s gradient entries, ``norms[i]`` their total norm and
+    ``thresholds[i]`` its threshold. ``norm`` scales a row by ``clip_grad_norm_``'s factor
+    ``min(1, threshold / (norm + 1e-6))``; ``value`` clamps it as ``clip_grad_value_`` does.
+    Returns which rows clipping changed."""
+    k = len(rows)
+    if mode == "norm":
+        scale = (thresholds / (norms + 1e-6)).clamp(max=1.0)
+        rows.mul_(scale.view(k, 1))
+        return norms > thresholds
+    if mode == "value":
+        limit = thresholds.view(k, 1)
+        fired = (rows.abs() > limit).any(1)
+        rows.clamp_(-limit, limit)
+        return fired
+    if mode == "none":
+        return torch.zeros(k, dtype=torch.bool, device=rows.device)
+    raise ValueError(f"clip mode = {mode!r} is not supported for rows; choose one of: none, norm, value")

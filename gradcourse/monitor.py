@@ -15,16 +15,16 @@ import warnings
 
 from collections import OrderedDict
 from contextlib import ExitStack
-from typing import Callable, Mapping
+from typing import Mapping
 
 import torch
 from torch import nn
 
+from ._norms import LayerRows, model_blocks
 from .hooks import forward_hooks
 
 ACTIVATION_STATS = ("mean", "std", "saturated", "dead")
 HIST_BINS = 32
-_MEMBERSHIP_LIMIT = 4_000_000  # parameters x layers up to which per-layer sums are one matrix product
 HIST_SAMPLE = 4096  # activation values counted per histogram, at most (whole examples)
 
 # Where each activation's derivative is (nearly) zero, judged from its output y:
@@ -77,45 +77,6 @@ def activation_statistics(output: torch.Tensor, module: nn.Module) -> dict[str, 
             "saturated": float(flat_region(y).double().mean()), "dead": float(dead.double().mean())}
 
 
-# Squared norms summed in float32 are exact to rounding while every layer's sum lies in this
-# range: squares small enough to underflow then change a sum by less than 1e-5 of itself, and
-# nothing overflows.
-FLOAT32_EXACT = (1e-28, 1e36)
-
-
-def float64_where_needed(sums: torch.Tensor, resum: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """``sums``, a ``(rows, layers)`` tensor of sums of squares taken in float32, as float64,
-    with every row that has a sum outside :data:`FLOAT32_EXACT` (a vanishing layer, an
-    exploding one, or exactly zero) replaced by ``resum(outside)``: those rows summed again
-    in float64. Row by row, so a row's sums never depend on the other rows. On Apple's MPS,
-    which has no float64, the sums stay float32."""
-    if sums.device.type == "mps":
-        return sums
-    sums = sums.to(torch.float64)
-    low, high = FLOAT32_EXACT
-    outside = ~((sums >= low) & (sums <= high)).all(1)
-    if bool(outside.any()):
-        sums[outside] = resum(outside)
-    return sums
-
-
-def pad_to_slots(parts: list[torch.Tensor], layer_of_part: list[int], slot: int,
-                 zeros: torch.Tensor) -> list[torch.Tensor]:
-    """``parts`` (each layer's tensors in a row, flat along the last dimension) with zeros after
-    each layer's last part, so every layer fills ``slot`` entries: ``torch.cat(..., dim=-1)``
-    of the result is a row of equal slots, whose per-layer norms are one reduction.
-    ``zeros`` is a zero tensor at least ``slot`` wide, sliced along its last dimension."""
-    padded, filled = [], 0
-    for index, (part, layer) in enumerate(zip(parts, layer_of_part)):
-        padded.append(part)
-        filled += part.shape[-1]
-        if index + 1 == len(parts) or layer_of_part[index + 1] != layer:
-            if filled < slot:
-                padded.append(zeros[..., :slot - filled])
-            filled = 0
-    return padded
-
-
 def default_layers(model: nn.Module) -> "OrderedDict[str, nn.Module]":
     """The layers to monitor: ``model.layers()`` when the model has it (gradcourse's CNN),
     otherwise every convolution and linear module, named by its path in the model."""
@@ -161,87 +122,109 @@ def backward_signal(model: nn.Module, x: torch.Tensor, y: torch.Tensor, modules=
     return np.array([float(torch.linalg.vector_norm(out.grad, dtype=torch.float64)) for out in outputs])
 
 
+class LayerStats:
+    """One step's per-layer statistics, from :meth:`LayerMonitor.end_step`.
+
+    ``grad_norm`` (before any clipping), ``weight_norm`` (before the step), ``update_norm``
+    (``||W_after - W_before||``) and ``update_ratio`` are tensors with one entry per layer,
+    in the order of ``layer_names`` (``(models, layers)`` for a monitor of several models).
+    ``as_dict()`` gives plain floats by layer name, ready to log.
+    """
+
+    def __init__(self, layer_names: list[str], norms: torch.Tensor):
+        self.layer_names = layer_names
+        self.norms = norms  # (3, models, layers): gradient, weights before the step, update
+
+    def _row(self, index: int) -> torch.Tensor:
+        row = self.norms[index]
+        return row[0] if len(row) == 1 else row
+
+    @property
+    def grad_norm(self) -> torch.Tensor:
+        return self._row(0)
+
+    @property
+    def weight_norm(self) -> torch.Tensor:
+        return self._row(1)
+
+    @property
+    def update_norm(self) -> torch.Tensor:
+        return self._row(2)
+
+    @property
+    def update_ratio(self) -> torch.Tensor:
+        return self.update_norm / self.weight_norm.clamp_min(1e-12)
+
+    def as_dict(self) -> dict[str, dict[str, float]]:
+        """``{"grad_norm": {layer: float}, "weight_norm": ..., "update_ratio": ...}``."""
+        if self.norms.shape[1] != 1:
+            raise ValueError("as_dict() is for a monitor of one model")
+        return {stat: dict(zip(self.layer_names, getattr(self, stat).tolist()))
+                for stat in ("grad_norm", "weight_norm", "update_ratio")}
+
+
 class LayerMonitor:
     """Collects per-layer statistics from a model while it trains.
 
     Use it as a context manager around the training loop::
 
-        with LayerMonitor(model) as monitor:
+        with LayerMonitor(model) as monitor:    # forward hooks read the activations
             for x, y in batches:
-                loss = loss_fn(model(x), y)   # hooks read activation statistics
+                loss = loss_fn(model(x), y)
+                optimizer.zero_grad()
                 loss.backward()
-                grads = monitor.grad_norms()  # per-layer gradient norms
-                monitor.snapshot_weights()    # before the step
+                monitor.begin_step()            # copies the gradients and the weights
                 optimizer.step()
-                # per layer: ||W||, and ||delta W|| / ||W||
-                norms, ratios = monitor.update_ratios()
+                stats = monitor.end_step()      # LayerStats: norms and update ratios
+                log(stats.as_dict())
+            monitor.activation_stats            # (modules, 4): of the last forward pass
 
     Per layer means all parameters of that named module (a conv block's convolution
-    weight and bias, plus its normalization's parameters). The statistics are those of
-    :func:`~gradcourse.monitor.layer_grad_norm`,
-    :func:`~gradcourse.monitor.update_to_weight_ratio` and
-    :func:`~gradcourse.monitor.activation_statistics`, computed for all layers at once.
+    weight and bias, plus its normalization's parameters). The statistics are exactly
+    those of :func:`layer_grad_norm`, :func:`update_to_weight_ratio` and
+    :func:`activation_statistics` above, computed for all layers at once by
+    :mod:`gradcourse._norms`.
+
+    ``models`` > 1 watches K models trained side by side in one K-wide network
+    (:func:`gradcourse.train_many`): every parameter and activation holds the K models'
+    entries model-major along dim 0 (parameters) or dim 1 (activations), and every
+    statistic gets a leading ``models`` dimension.
     """
 
     def __init__(self, model: nn.Module, layers: Mapping[str, nn.Module] | None = None,
-                 activations: Mapping[str, nn.Module] | None = None):
-        self.model = model
+                 activations: Mapping[str, nn.Module] | None = None, models: int = 1):
+        self.model, self.models = model, models
         self.layers = OrderedDict(layers if layers is not None else default_layers(model))
         self.activations = OrderedDict(activations if activations is not None else default_activations(model))
         self.layer_names = list(self.layers)
         self.activation_names = list(self.activations)
-        self.params: list[nn.Parameter] = []
-        owner: list[int] = []
-        for index, layer in enumerate(self.layers.values()):
-            for p in layer.parameters():
-                self.params.append(p)
-                owner.append(index)
-        device = self.params[0].device if self.params else torch.device("cpu")
-        sizes = torch.tensor([p.numel() for p in self.params], dtype=torch.long)
-        owner_t = torch.tensor(owner, dtype=torch.long)
-        # Parameters of one layer are contiguous in the flat vectors (layers in order).
-        self._lengths = torch.zeros(len(self.layers), dtype=torch.long).index_add_(0, owner_t, sizes).to(device)
-        self._element_owner = torch.repeat_interleave(owner_t, sizes)
-        self._length_list = self._lengths.tolist()
-        # The per-step rows (begin_step/end_step) give every layer a slot of the largest
-        # layer's size, zero-padded, when that at most doubles them: then all per-layer norms
-        # are one reduction over the last dimension. Otherwise the rows are packed.
-        n_layers = len(self._length_list)
-        self._slot = max(self._length_list, default=0)
-        self._padded = (n_layers > 0 and min(self._length_list) > 0
-                        and n_layers * self._slot <= 2 * sum(self._length_list))
-        self._param_layer = owner
-        self._rows: torch.Tensor | None = None  # flat gradients, weights, update (begin_step/end_step)
-        self._row_views: tuple[torch.Tensor, ...] = ()
-        self._zeros: torch.Tensor | None = None
-        self._weight_parts: tuple[list, list[torch.Tensor]] | None = None  # (views, padded views)
-        self._views: list[torch.Tensor] | None = None
-        self._membership: dict = {}
+        self.params = [p for layer in self.layers.values() for p in layer.parameters()]
+        layer_of_param = [index for index, layer in enumerate(self.layers.values()) for _ in layer.parameters()]
+        self._rows = LayerRows([p.numel() // models for p in self.params], layer_of_param, len(self.layers), models)
+        self._buffer: torch.Tensor | None = None  # (3, models, width): gradients, weights, update
+        self._weight_views: list[torch.Tensor] = []
+        self._weight_addresses: list[int] | None = None
         self._stepping = False
-        # Norms are taken in float64: in float32 the squares of gradients below ~1e-19 underflow
-        # to 0, and a deep sigmoid network's first layers have gradients far smaller than that.
-        # (Apple's MPS has no float64; there the norms stay float32.)
-        self.norm_dtype = torch.float32 if device.type == "mps" else torch.float64
-        self._previous: list[torch.Tensor] | None = None
         self._hooks: ExitStack | None = None
-        self.collect_activations = True
+        self._inside = False
+        self._collect = True
         self.collect_histograms = False
+        device = self.params[0].device if self.params else torch.device("cpu")
+        # Per activation module and model, the sums of the last pass the hooks read: the
+        # shift, the sum and the sum of squares of (y - shift), the flat units, the flat
+        # channels; and the number of units and of channels per model.
         n_act = len(self.activations)
-        # Per activation module, the raw sums of the last collected pass: shift, sum and sum of
-        # squares of (y - shift), flat units, flat channels; and the number of units and
-        # channels. The hooks store only these (few kernel calls each); activation_stats
-        # turns them into statistics for all modules at once.
-        self._raw = torch.zeros(n_act, 5, device=device, dtype=self.norm_dtype)
+        self._modules = list(self.activations.values())
+        self._dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+        self._raw = torch.zeros(n_act, models, 5, device=device, dtype=self._dtype)
         self._sizes = [(1, 1)] * n_act
         self.histograms = torch.zeros(n_act, HIST_BINS, device=device)
         self.histogram_ranges = torch.zeros(n_act, 2, device=device)
 
     # -- hooks -------------------------------------------------------------------------
     def __enter__(self) -> "LayerMonitor":
-        readers = [self._make_hook(index, module) for index, module in enumerate(self.activations.values())]
-        self._hooks = ExitStack()
-        self._hooks.enter_context(forward_hooks(dict(enumerate(self.activations.values())),
-                                                lambda index, output: readers[index](output)))
+        self._inside = True
+        self._attach()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -249,134 +232,75 @@ class LayerMonitor:
 
     def remove(self) -> None:
         """Remove the forward hooks (called automatically at the end of a ``with`` block)."""
+        self._inside = False
+        self._detach()
+
+    @property
+    def collect_activations(self) -> bool:
+        """Whether the forward passes read activation statistics (default True). The hooks
+        are attached only while it is True: a module with a hook runs a slower call path
+        even when the hook does nothing."""
+        return self._collect
+
+    @collect_activations.setter
+    def collect_activations(self, on: bool) -> None:
+        self._collect = bool(on)
+        if self._inside and on:
+            self._attach()
+        elif not on:
+            self._detach()
+
+    def _attach(self) -> None:
+        if self._hooks is None and self._collect:
+            self._hooks = ExitStack()
+            self._hooks.enter_context(forward_hooks(dict(enumerate(self._modules)), self._read))
+
+    def _detach(self) -> None:
         if self._hooks is not None:
             self._hooks.close()
             self._hooks = None
 
-    def _make_hook(self, index: int, module: nn.Module):
-        flat_region, flat_channel = flat_tests(module)
+    def _read(self, index: int, output: torch.Tensor) -> None:
+        if not torch.is_grad_enabled():
+            return
+        with torch.inference_mode():
+            y = output.detach()
+            y = y if y.ndim >= 2 else y.reshape(-1, 1)
+            self._raw[index] = _activation_sums(y, self._modules[index], self.models, self._dtype)
+            self._sizes[index] = (y.numel() // self.models, y.shape[1] // self.models)
+            if self.collect_histograms and self.models == 1:
+                self._histogram(index, y)
 
-        def hook(output):
-            if not (self.collect_activations and torch.is_grad_enabled()):
-                return
-            with torch.inference_mode():
-                read(output.detach())
-
-        def read(y):
-            # A few single passes: std_mean costs ten times more on a CPU, and summing a
-            # boolean tensor first converts it to int64 (count_nonzero does not). Values are
-            # shifted by an estimate of the mean, so the variance of a layer stuck near 0.5
-            # with a tiny spread does not cancel away in float32.
-            flat = y.reshape(-1)
-            shift = flat[:256].mean()
-            centred = flat - shift
-            channel_dims = tuple(d for d in range(y.ndim) if d != 1) if y.ndim > 1 else (0,)
-            low, high = y.amin(dim=channel_dims), y.amax(dim=channel_dims)
-            self._raw[index] = torch.stack([shift, centred.sum(), torch.dot(centred, centred),
-                                            torch.count_nonzero(flat_region(y)),
-                                            torch.count_nonzero(flat_channel(low, high))])
-            self._sizes[index] = (flat.numel(), low.numel())
-            if self.collect_histograms:
-                # The range is fitted to the values this layer produced at this step (not
-                # fixed, e.g. for ReLU), so a sigmoid layer stuck near 0.5 is still resolved.
-                lo = low.min()
-                hi = torch.maximum(high.max(), lo + 1e-6)
-                # Counted on the first examples of the batch (HIST_SAMPLE values at most):
-                # the figure shows fractions, and the full batch costs 4x more per step.
-                per_example = max(1, flat.numel() // max(1, len(y)))
-                sample = y[:max(1, HIST_SAMPLE // per_example)] if y.ndim else y
-                self.histograms[index] = _histogram(sample, lo, hi)
-                self.histogram_ranges[index] = torch.stack([lo, hi])
-
-        return hook
+    def _histogram(self, index: int, y: torch.Tensor) -> None:
+        # The range is fitted to the values this layer produced at this step (not fixed,
+        # e.g. for ReLU), so a sigmoid layer stuck near 0.5 is still resolved.
+        lo = y.min()
+        hi = torch.maximum(y.max(), lo + 1e-6)
+        # Counted on the first examples of the batch (HIST_SAMPLE values at most): the
+        # figure shows fractions, and the full batch costs 4x more per step.
+        per_example = max(1, y.numel() // max(1, len(y)))
+        self.histograms[index] = _histogram(y[:max(1, HIST_SAMPLE // per_example)], lo, hi)
+        self.histogram_ranges[index] = torch.stack([lo, hi])
 
     @property
     def activation_stats(self) -> torch.Tensor:
-        """``(activation modules, 4)``: mean, standard deviation, fraction of units in the flat
-        region and fraction of channels flat for the whole batch, at the last forward pass
-        the hooks read (zeros for a module not read yet)."""
-        raw = self._raw
-        # (modules, 2); (0, 2) for a model whose activations are functions in forward()
-        # (torch.relu), which no module hook can see.
-        sizes = torch.tensor(self._sizes, dtype=raw.dtype, device=raw.device).reshape(-1, 2)
-        offset = raw[:, 1] / sizes[:, 0]
-        var = (raw[:, 2] / sizes[:, 0] - offset * offset).clamp_min(0.0)
-        return torch.stack([raw[:, 0] + offset, var.sqrt(), raw[:, 3] / sizes[:, 0], raw[:, 4] / sizes[:, 1]],
-                           dim=1).float()
+        """``(activation modules, 4)`` (``(models, modules, 4)`` for several models): mean,
+        standard deviation, fraction of units in the flat region and fraction of channels
+        flat for the whole batch, at the last forward pass the hooks read (zeros for a
+        module not read yet)."""
+        table = self.activation_table()
+        return table[0] if self.models == 1 else table
+
+    def activation_table(self) -> torch.Tensor:
+        """:attr:`activation_stats` with the ``models`` dimension first, always."""
+        raw = self._raw.transpose(0, 1)  # (models, modules, 5)
+        sizes = torch.tensor(self._sizes, dtype=raw.dtype, device=raw.device).reshape(-1, 2)  # (modules, 2)
+        offset = raw[..., 1] / sizes[:, 0]
+        var = (raw[..., 2] / sizes[:, 0] - offset * offset).clamp_min(0.0)
+        return torch.stack([raw[..., 0] + offset, var.sqrt(), raw[..., 3] / sizes[:, 0], raw[..., 4] / sizes[:, 1]],
+                           dim=-1).float()
 
     # -- gradients and weights ---------------------------------------------------------
-    # A model has a few tensors per layer, most of them small, so the cost of per-layer
-    # norms is the number of kernel calls, not the arithmetic. The methods below therefore
-    # copy the tensors into one flat row (``torch.cat``), square the rows and sum them per
-    # layer: a handful of calls instead of several per tensor. The per-step rows of
-    # begin_step/end_step go further: with a zero-padded slot per layer, the norms of all
-    # layers of all three rows are one ``vector_norm`` over the last dimension, accumulated
-    # in float64 (no underflow check needed).
-    def _flat(self, tensors, out: torch.Tensor | None = None) -> torch.Tensor:
-        return torch.cat([t.detach().reshape(-1) for t in tensors], out=out)
-
-    def _grads(self) -> list[torch.Tensor]:
-        return [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-
-    def _weight_views(self) -> list[torch.Tensor]:
-        """Flat views of the parameters, made once: optimizers update parameters in place, so
-        the views stay valid (checked by address; a parameter replaced or moved is re-viewed)."""
-        views = self._views
-        if views is None or any(v.data_ptr() != p.data_ptr() for v, p in zip(views, self.params)):
-            views = [p.detach().view(-1) if p.is_contiguous() else p.detach() for p in self.params]
-            self._views = views if all(v.ndim == 1 for v in views) else None
-        return views if self._views is not None else [v.reshape(-1) for v in views]
-
-    def _layer_norms(self, rows: torch.Tensor) -> torch.Tensor:
-        """Per-layer L2 norms of each row of ``rows`` (``(k, n_params)`` flat vectors), as norm_dtype.
-
-        Float32 rows are summed in float32, and a row with any layer outside the range where
-        that is exact is summed again in float64 (:func:`float64_where_needed`), so tiny
-        gradients are never reported as 0."""
-        if rows.dtype != torch.float32 or self.norm_dtype != torch.float64:
-            return self._layer_sums(rows.to(self.norm_dtype).square_()).sqrt_()
-        return float64_where_needed(self._layer_sums(rows * rows),
-                                    lambda outside: self._layer_sums(rows[outside].to(torch.float64).square_())).sqrt_()
-
-    def _layer_sums(self, squares: torch.Tensor) -> torch.Tensor:
-        """Per-layer sums of each row: one product with a 0/1 layer-membership matrix when that
-        matrix is small (one kernel call, whatever the depth), else a segmented reduction."""
-        k, n = squares.shape
-        if n * len(self.layers) <= _MEMBERSHIP_LIMIT:
-            member = self._membership.get(squares.dtype)
-            if member is None or member.device != squares.device:
-                member = torch.zeros(n, len(self.layers), dtype=squares.dtype, device=squares.device)
-                member[torch.arange(n, device=squares.device), self._element_owner.to(squares.device)] = 1
-                self._membership[squares.dtype] = member
-            return squares @ member
-        if squares.device.type == "mps":  # no segment_reduce there
-            owner = self._element_owner.to(squares.device)
-            sums = torch.zeros(k, len(self.layers), dtype=squares.dtype, device=squares.device)
-            return sums.index_add_(1, owner, squares)
-        lengths = self._lengths.to(squares.device).expand(k, -1)
-        return torch.segment_reduce(squares, "sum", lengths=lengths, axis=1)
-
-    def grad_norms(self) -> torch.Tensor:
-        """Per-layer L2 norm of the current gradients (0 where a layer has no gradient)."""
-        return self._layer_norms(self._flat(self._grads())[None])[0]
-
-    def weight_norms(self) -> torch.Tensor:
-        """Per-layer L2 norm of the parameters."""
-        return self._layer_norms(self._flat(self.params)[None])[0]
-
-    def snapshot_weights(self) -> None:
-        """Remember the parameters, so :meth:`update_ratios` can measure the next update."""
-        self._previous = self._flat(self.params)
-
-    def update_ratios(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per layer ``(||W_before||, ||W_after - W_before|| / ||W_before||)`` since :meth:`snapshot_weights`."""
-        if self._previous is None:
-            raise RuntimeError("call snapshot_weights() before the optimizer step, then update_ratios() after it")
-        before = self._previous
-        self._previous = None
-        norms = self._layer_norms(torch.stack([before, self._flat(self.params).sub_(before)]))
-        return norms[0], norms[1] / norms[0].clamp_min(1e-12)
-
     # Inference mode: these run every step, and skipping autograd's bookkeeping for their
     # handful of small kernels is a measurable share of the monitor's cost.
     @torch.inference_mode()
@@ -384,48 +308,81 @@ class LayerMonitor:
         """Call after ``backward()`` and before the optimizer step (and before any gradient
         clipping, to see the raw gradients): copies the gradients and the weights."""
         first = self.params[0]
-        if self._rows is None or self._rows.device != first.device:
-            width = len(self._length_list) * self._slot if self._padded else int(self._lengths.sum())
-            self._rows = torch.empty(3, width, dtype=first.dtype, device=first.device)
-            self._row_views = self._rows.unbind(0)
-            self._zeros = torch.zeros(self._slot, dtype=first.dtype, device=first.device)
-            self._weight_parts = None
-        torch.cat(self._row_parts([g.reshape(-1) for g in self._grads()]), out=self._row_views[0])
-        torch.cat(self._weight_row_parts(), out=self._row_views[1])
+        if self._buffer is None or self._buffer.device != first.device:
+            self._buffer = self._rows.new(3, first)
+        k = self.models
+        grads = [model_blocks(p.grad, k) if p.grad is not None else torch.zeros(k, p.numel() // k, device=p.device)
+                 for p in self.params]
+        self._rows.fill(grads, out=self._buffer[0])
+        self._rows.fill(self._weight_blocks(), out=self._buffer[1])
         self._stepping = True
 
-    def _row_parts(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
-        """``views`` as laid out in the per-step rows (padded to slots, or packed as they are)."""
-        return pad_to_slots(views, self._param_layer, self._slot, self._zeros) if self._padded else views
-
-    def _weight_row_parts(self) -> list[torch.Tensor]:
-        """:meth:`_row_parts` of the weight views, remade only when the views are."""
-        views = self._weight_views()
-        if self._weight_parts is None or self._weight_parts[0] is not views:
-            self._weight_parts = (views, self._row_parts(views))
-        return self._weight_parts[1]
-
     @torch.inference_mode()
-    def end_step(self) -> torch.Tensor:
-        """Call after the optimizer step: a ``(3, n_layers)`` tensor of per-layer norms of the
-        gradient, of the weights before the step and of the update ``W_after - W_before``,
-        from one reduction (the update ratio is row 2 / row 1). This is what
-        :func:`gradcourse.train` records every step; it equals :meth:`grad_norms`,
-        :meth:`snapshot_weights` and :meth:`update_ratios` called in turn (computed in
-        ``torch.inference_mode()``: the result is an inference tensor)."""
+    def end_step(self) -> LayerStats:
+        """Call after the optimizer step: the step's :class:`LayerStats`, all layers' norms
+        of the gradient, of the weights before the step and of the update from one
+        reduction (computed in ``torch.inference_mode()``: inference tensors)."""
         if not self._stepping:
             raise RuntimeError("call begin_step() after backward(), then end_step() after the optimizer step")
         self._stepping = False
-        _, before, update = self._row_views
-        torch.cat(self._weight_row_parts(), out=update).sub_(before)
-        if self._padded:  # (3, layers, slot): one reduction, accumulated in norm_dtype
-            rows = self._rows.view(3, len(self._length_list), self._slot)
-            return torch.linalg.vector_norm(rows, dim=2, dtype=self.norm_dtype)
-        return self._layer_norms(self._rows)
+        _, before, update = self._buffer.unbind(0)
+        self._rows.fill(self._weight_blocks(), out=update).sub_(before)
+        return LayerStats(self.layer_names, self._rows.norms(self._buffer))
 
-    def grad_norms_dict(self) -> "OrderedDict[str, float]":
-        """Per-layer gradient norms as ``{layer name: float}``, handy for logging."""
-        return OrderedDict(zip(self.layer_names, self.grad_norms().tolist()))
+    def _weight_blocks(self) -> list[torch.Tensor]:
+        """``(models, n)`` views of the parameters, made once: optimizers update parameters
+        in place, so the views stay valid (checked by address: a parameter replaced or moved
+        is viewed again)."""
+        addresses = [p.data_ptr() for p in self.params]
+        if addresses != self._weight_addresses:
+            self._weight_views = [model_blocks(p.detach(), self.models) if p.is_contiguous()
+                                  or p.is_contiguous(memory_format=torch.channels_last)
+                                  else p.detach().reshape(self.models, -1) for p in self.params]
+            contiguous = all(v.data_ptr() == a for v, a in zip(self._weight_views, addresses))
+            self._weight_addresses = addresses if contiguous else None
+        return self._weight_views
+
+
+def _activation_sums(y: torch.Tensor, module: nn.Module, k: int, dtype: torch.dtype) -> torch.Tensor:
+    """``(k, 5)`` sums over one activation module's output ``y`` (batch, channels, ...), per
+    model when the channels hold ``k`` models side by side: the shift (the model's first
+    value), the sum and the sum of squares of ``y - shift``, the units in the flat region,
+    and the channels flat for the whole batch. Subtracting a value of the layer first keeps
+    the variance of a layer stuck near 0.5 with a tiny spread from cancelling away in
+    float32."""
+    _, flat_channel = flat_tests(module)
+    c = y.shape[1]
+    if k == 1:  # whole-tensor sums: one contiguous pass each
+        units, dims = y.reshape(1, -1), [1]
+        low, high = y.amin([0] + list(range(2, y.ndim))), y.amax([0] + list(range(2, y.ndim)))
+    else:       # per channel, then per model: the wide network is channels-last, so this is a view
+        units, dims = y.movedim(1, -1).reshape(-1, c), [0]
+        low, high = units.amin(0), units.amax(0)
+    shift = units[0, ::c // k] if k > 1 else units[:, 0]               # (k,): each model's first value
+    centred = units - (shift.repeat_interleave(c // k) if k > 1 else shift.view(1, 1))
+    count = _count_flat(units, module, dims[0])
+    sums = torch.stack([centred.sum(dims[0]), centred.square_().sum(dims[0]), count])        # (3, k or c)
+    dead = torch.count_nonzero(flat_channel(low, high).view(k, c // k), dim=1).to(y.dtype)
+    if k > 1:
+        sums = sums.view(3, k, c // k).sum(2)
+    return torch.cat([shift.view(1, k), sums, dead.view(1, k)]).T.to(dtype)
+
+
+# Sigmoid and tanh are flat outside a band around their centre: (centre, half-width).
+_BAND = {nn.Sigmoid: (0.5, 0.49), nn.Tanh: (0.0, 0.99)}
+
+
+def _count_flat(units: torch.Tensor, module: nn.Module, dim: int) -> torch.Tensor:
+    """The number of units in the flat region along ``dim`` (:func:`flat_tests`' test),
+    counted with float arithmetic where the test allows: several times faster on a CPU than
+    counting a boolean tensor."""
+    if type(module) is nn.ReLU:   # outputs >= 0: the flat ones are the zeros
+        return units.shape[dim] - torch.sign(units).sum(dim)
+    if type(module) in _BAND:
+        centre, half = _BAND[type(module)]
+        return (units - centre).abs_().sub_(half).clamp_(min=0).sign_().sum(dim)
+    flat_region, _ = flat_tests(module)
+    return flat_region(units).sum(dim, dtype=torch.int32).to(units.dtype)
 
 
 def _histogram(y: torch.Tensor, lo, hi) -> torch.Tensor:

@@ -8,6 +8,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from .monitor import HIST_BINS
 
 
 @dataclass
@@ -145,3 +148,86 @@ class Run:
         """Read a record written by :meth:`save`."""
         with open(path, "rb") as handle:
             return pickle.load(handle)
+
+
+class RunBuffer:
+    """What a training loop measures while ``k`` models train side by side (``k = 1`` for
+    :func:`gradcourse.train`), kept on the training device until the run ends (a GPU run
+    then synchronizes once per step, for the divergence check, not once per statistic).
+    :meth:`run` turns model ``i``'s share into its :class:`Run`."""
+
+    def __init__(self, train_configs: list, layer_names: list[str], activation_names: list[str], device,
+                 monitored: bool):
+        base, k = train_configs[0], len(train_configs)
+        self.configs, self.monitored = train_configs, monitored
+        self.layer_names, self.activation_names = list(layer_names), list(activation_names)
+        self.record_every, self.activation_every = base.record_every, base.activation_every
+        steps = base.steps
+        n_rec = -(-steps // base.record_every)
+        n_act = -(-steps // base.activation_every)
+        float64 = torch.float32 if torch.device(device).type == "mps" else torch.float64
+        self.per_step = torch.zeros(steps, 4, k, device=device)  # loss, grad norm before, after, clipped
+        self.lr = np.zeros((steps, k))
+        self.layers = torch.zeros(n_rec, 3, k, len(layer_names), device=device, dtype=float64)
+        self.acts = torch.zeros(n_act, k, len(activation_names), 4, device=device)
+        self.hist_steps: list[int] = []
+        self.hist_counts: list = []
+        self.hist_ranges: list = []
+        self.evals: list[tuple] = []  # (step, train accuracies, validation accuracies, validation losses)
+        self.diverged_at: list[int | None] = [None] * k
+        self.reasons = [""] * k
+        self.done = 0
+
+    def add_step(self, step: int, losses, before, after, fired) -> None:
+        """The step's ``(k,)`` losses and total gradient norms before and after clipping,
+        and whether clipping changed each model's gradient."""
+        self.per_step[step] = torch.stack([losses, before, after, fired.float()])
+
+    def add_layers(self, step: int, norms) -> None:
+        """Per-layer norms, ``(3, k, layers)`` (:attr:`LayerStats.norms`)."""
+        self.layers[step // self.record_every] = norms
+
+    def add_activations(self, step: int, table, histograms=None) -> None:
+        """Activation statistics ``(k, modules, 4)``; with one model, optionally the
+        ``(counts, ranges)`` of its activation histograms."""
+        self.acts[step // self.activation_every] = table
+        if histograms is not None:
+            self.hist_steps.append(step)
+            self.hist_counts.append(histograms[0].clone())
+            self.hist_ranges.append(histograms[1].clone())
+
+    def add_evaluation(self, step: int, train_acc, val_acc, val_loss) -> None:
+        self.evals.append((step, *(np.asarray(v, dtype=np.float64) for v in (train_acc, val_acc, val_loss))))
+
+    def diverge(self, index: int, step: int, reason: str) -> None:
+        self.diverged_at[index], self.reasons[index] = step, reason
+
+    def run(self, index: int, model_config, data_name: str, device, seconds: float) -> Run:
+        """Model ``index``'s record, up to the last completed step (or its divergence)."""
+        stop = self.diverged_at[index] if self.diverged_at[index] is not None else self.done
+        rows = -(-stop // self.record_every) if self.monitored else 0
+        act_rows = -(-stop // self.activation_every) if self.monitored else 0
+        steps = self.per_step[:stop, :, index].cpu().numpy().astype(np.float64)
+        layers = self.layers[:rows, :, index].cpu().numpy().astype(np.float64)
+        acts = self.acts[:act_rows, index].cpu().numpy().astype(np.float64)
+        evals = [e for e in self.evals if e[0] <= stop]
+        n_act = len(self.activation_names)
+        return Run(
+            model_config=model_config, train_config=self.configs[index], data_name=data_name, device=str(device),
+            layer_names=list(self.layer_names), activation_names=list(self.activation_names),
+            loss=steps[:, 0], lr=self.lr[:stop, index].copy(), grad_norm=steps[:, 1], grad_norm_clipped=steps[:, 2],
+            clipped=steps[:, 3] > 0.5, stat_step=np.arange(rows) * self.record_every,
+            act_step=np.arange(act_rows) * self.activation_every,
+            layer_grad_norm=layers[:, 0], layer_weight_norm=layers[:, 1],
+            layer_update_ratio=layers[:, 2] / np.maximum(layers[:, 1], 1e-12),
+            act_mean=acts[:, :, 0], act_std=acts[:, :, 1], act_saturated=acts[:, :, 2], act_dead=acts[:, :, 3],
+            eval_step=np.array([e[0] for e in evals], dtype=int),
+            train_acc=np.array([e[1][index] for e in evals]), val_acc=np.array([e[2][index] for e in evals]),
+            val_loss=np.array([e[3][index] for e in evals]),
+            hist_step=np.array(self.hist_steps, dtype=int),
+            hist_counts=(torch.stack(self.hist_counts).cpu().numpy() if self.hist_counts
+                         else np.zeros((0, n_act, HIST_BINS))),
+            hist_range=(torch.stack(self.hist_ranges).cpu().numpy() if self.hist_ranges
+                        else np.zeros((0, n_act, 2))),
+            diverged_at=self.diverged_at[index], diverged_reason=self.reasons[index], seconds=seconds,
+        )

@@ -7,13 +7,12 @@ once per step (for the divergence check) and not once per statistic.
 """
 from __future__ import annotations
 
-import math
+import contextlib
 import os
 import time
 from dataclasses import dataclass, fields, replace
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,8 +23,8 @@ from .clipping import CLIP_MODES, clip_gradients
 from .data import DataConfig, ImageData, load_data
 from .device import keep_freed_memory, pick_device
 from .models import CNNConfig, build_model
-from .monitor import ACTIVATION_STATS, HIST_BINS, LayerMonitor
-from .record import Run
+from .monitor import LayerMonitor
+from .record import Run, RunBuffer
 
 OPTIMIZERS = ("sgd", "momentum", "rmsprop", "adagrad", "adam", "adamw")
 SCHEDULES = ("constant", "step", "exponential", "plateau", "warmup_cosine", "one_cycle", "range_test")
@@ -212,149 +211,180 @@ def train(model_config: CNNConfig | None = None, train_config: TrainConfig | Non
     if model is None:
         model = build_model(model_config, data)
     model = model.to(device)
-    run = _Loop(model, model_config, train_config, data, device, monitor, progress,
-                on_progress, progress_every, should_stop).run(keep_model)
+    layer_monitor = LayerMonitor(model)
+    loop = Loop(OneModel(model, train_config, layer_monitor), layer_monitor, [train_config], data, device,
+                measure=monitor, progress=progress, on_progress=on_progress, progress_every=progress_every,
+                should_stop=should_stop)
+    run = loop.run(model_config)[0]
+    if keep_model:
+        run.model = model
     if key is not None and not (should_stop is not None and run.steps_done < train_config.steps and not run.diverged):
         save_run(key, run)
     return run
 
 
-class _Loop:
-    def __init__(self, model, model_config, config, data, device, monitor, progress, on_progress,
-                 progress_every, should_stop):
-        self.model, self.model_config, self.config, self.data, self.device = model, model_config, config, data, device
-        self.monitor_on, self.on_progress, self.progress_every = monitor, on_progress, progress_every
-        self.should_stop = should_stop
+class Loop:
+    """The training loop of :func:`train` (one model) and :func:`~gradcourse.train_many` (K
+    models side by side in one wide network). Per step: a batch, forward and backward
+    (``models.forward_backward``), the monitor reads the raw gradients, clipping
+    (``models.clip``), the divergence check, the update (``models.step``), the monitor's
+    per-layer norms; every ``eval_every`` steps an evaluation; then the learning-rate
+    schedule. Everything measured goes into one :class:`~gradcourse.record.RunBuffer`.
+
+    ``models`` is :class:`OneModel` or :class:`gradcourse.vectorized.WideModels`: they
+    differ only in how they run the passes, clip and update (``torch.optim`` for one model,
+    SGD's rule per model for K), each returning one value per model.
+    """
+
+    def __init__(self, models, monitor: LayerMonitor, configs: list[TrainConfig], data: ImageData, device, *,
+                 measure: bool = True, progress: bool | None = False, on_progress=None, progress_every: int = 25,
+                 should_stop=None):
+        self.models, self.monitor, self.configs, self.data, self.device = models, monitor, configs, data, device
+        self.monitor_on = measure
         if progress is None:
             progress = os.environ.get(PROGRESS_ENV, "1") not in ("0", "false", "False", "no")
-        self.progress = progress
-        self.monitor = LayerMonitor(model)
+        self.progress, self.on_progress, self.progress_every = progress, on_progress, progress_every
+        self.should_stop = should_stop
+        base = configs[0]
+        every = base.activation_every
+        self.hist_every = base.hist_every or every * max(1, round(base.steps / 40 / every))
+
+    def run(self, model_config) -> list[Run]:
+        config, device, monitor, models = self.configs[0], self.device, self.monitor, self.models
+        k, steps = len(self.configs), self.configs[0].steps
+        buffer = RunBuffer(self.configs, monitor.layer_names, monitor.activation_names, device, self.monitor_on)
+        alive = torch.ones(k, dtype=torch.bool, device=device)
+        bar = _progress_bar(steps) if self.progress else None
+        batches = batch_stream(self.data, config.batch_size, torch.Generator().manual_seed(config.seed))
+        start = time.perf_counter()
+        models.train(True)
+        hooks = monitor if self.monitor_on else contextlib.nullcontext()
+        try:
+            with hooks:
+                for step, (x, y) in zip(range(steps), batches):
+                    if self.should_stop is not None and self.should_stop():
+                        break
+                    record = self.monitor_on and step % config.record_every == 0
+                    record_act = self.monitor_on and step % config.activation_every == 0
+                    monitor.collect_activations = record_act
+                    monitor.collect_histograms = hist = record_act and step % self.hist_every == 0 and k == 1
+                    models.observe(record_act)
+                    buffer.lr[step] = models.learning_rates()
+                    losses = models.forward_backward(x, y, alive)
+                    if record:
+                        models.begin_record()
+                    before, after, fired = models.clip()
+                    buffer.add_step(step, losses, before, after, fired)
+                    if bool((alive & ~(torch.isfinite(losses) & torch.isfinite(before))).any()):
+                        alive = self._diverge(buffer, step, losses, before, alive)
+                        if not bool(alive.any()):
+                            break
+                    models.step(alive)
+                    if record:
+                        buffer.add_layers(step, models.end_record())
+                    if record_act:
+                        buffer.add_activations(step, monitor.activation_table(),
+                                               (monitor.histograms, monitor.histogram_ranges) if hist else None)
+                    buffer.done = done = step + 1
+                    last = done == steps
+                    val_loss = None
+                    if done % config.eval_every == 0 or last:
+                        buffer.add_evaluation(done, *self.evaluate(final=last))
+                        val_loss = buffer.evals[-1][3][0]
+                        models.train(True)
+                    models.schedule(val_loss)
+                    if bar is not None:
+                        bar.update(1)
+                        if done % 20 == 0:
+                            bar.set_postfix(loss=f"{float(losses[0]):.3f}")
+                    if self.on_progress is not None and done % self.progress_every == 0 and not last:
+                        self.on_progress(buffer.run(0, model_config, self.data.name, device,
+                                                    time.perf_counter() - start))
+        finally:
+            if bar is not None:
+                bar.close()
+        seconds = (time.perf_counter() - start) / k
+        return [buffer.run(i, model_config, self.data.name, device, seconds) for i in range(k)]
+
+    @staticmethod
+    def _diverge(buffer, step: int, losses, before, alive):
+        """Mark the models whose loss or gradient just became non-finite; the new mask."""
+        finite = torch.isfinite(losses) & torch.isfinite(before)
+        for index in torch.nonzero(alive & ~finite).flatten().tolist():
+            buffer.diverge(index, step, "loss is not finite" if not bool(torch.isfinite(losses[index]))
+                           else "gradient is not finite")
+        return alive & finite
+
+    @torch.no_grad()
+    def evaluate(self, final: bool = False):
+        """Per model: (train accuracy, validation accuracy, validation loss) on
+        ``eval_examples`` of each split; on the whole validation split when ``final``."""
+        self.models.train(False)
+        self.monitor.collect_activations = False
+        self.models.observe(False)
+        n, data = self.configs[0].eval_examples, self.data
+        train_acc, _ = self.models.evaluate(data.x_train[:n], data.y_train[:n])
+        val_x, val_y = (data.x_val, data.y_val) if final else (data.x_val[:n], data.y_val[:n])
+        val_acc, val_loss = self.models.evaluate(val_x, val_y)
+        return train_acc, val_acc, val_loss
+
+
+class OneModel:
+    """:func:`train`'s side of the :class:`Loop`: one model, the ``torch.optim`` optimizer and
+    ``lr_scheduler`` its config names, and clipping by :func:`~gradcourse.clipping.clip_gradients`."""
+
+    def __init__(self, model: nn.Module, config: TrainConfig, monitor: LayerMonitor):
+        self.model, self.config, self.monitor = model, config, monitor
         self.optimizer = make_optimizer(model.parameters(), config)
         self.scheduler = make_scheduler(self.optimizer, config)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.agc_params = [p for name, p in model.named_parameters()
                            if p.requires_grad and not name.startswith("fc.")]
         self.constrained = [p for p in self.params if p.ndim >= 2]
-        self.generator = torch.Generator().manual_seed(config.seed)
-        every = config.activation_every
-        self.hist_every = config.hist_every or every * max(1, round(config.steps / 40 / every))
 
-    def batches(self):
-        return batch_stream(self.data, self.config.batch_size, self.generator)
+    def train(self, mode: bool) -> None:
+        self.model.train(mode)
 
-    def run(self, keep_model: bool) -> Run:
-        config, device = self.config, self.device
-        steps = config.steps
-        n_layers, n_act = len(self.monitor.layer_names), len(self.monitor.activation_names)
-        n_rec = (steps + config.record_every - 1) // config.record_every
-        n_act_rec = (steps + config.activation_every - 1) // config.activation_every
-        per_step = torch.zeros(steps, 4, device=device)  # loss, grad norm before, after, clipped
-        lrs = np.zeros(steps)
-        layer_stats = torch.zeros(n_rec, 3, n_layers, device=device, dtype=self.monitor.norm_dtype)
-        act_stats = torch.zeros(n_act_rec, n_act, len(ACTIVATION_STATS), device=device)
-        hist_steps, hist_counts, hist_ranges = [], [], []
-        evals: list[tuple[int, float, float, float]] = []
-        self.diverged_at, self.reason = None, ""
-        self.done = 0
-        bar = _progress_bar(steps) if self.progress else None
-        start = time.perf_counter()
-        self.model.train()
-        self.monitor.__enter__()
-        try:
-            for step, (x, y) in zip(range(steps), self.batches()):
-                if self.should_stop is not None and self.should_stop():
-                    break
-                record = self.monitor_on and step % config.record_every == 0
-                record_act = self.monitor_on and step % config.activation_every == 0
-                self.monitor.collect_activations = record_act
-                self.monitor.collect_histograms = record_act and step % self.hist_every == 0
-                lrs[step] = self.optimizer.param_groups[0]["lr"]
-                loss = F.cross_entropy(self.model(x), y)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if record:
-                    self.monitor.begin_step()
-                before, after, fired = clip_gradients(self.params, config.clip, config.clip_threshold,
-                                                      self.agc_params)
-                per_step[step] = torch.stack([loss.detach(), before, after, fired.float()]).to(device)
-                if not bool(torch.isfinite(per_step[step, :2]).all()):
-                    self.diverged_at = step
-                    self.reason = "loss is not finite" if not math.isfinite(float(loss.detach())) else "gradient is not finite"
-                    break
-                self.optimizer.step()
-                if config.max_weight_norm is not None:
-                    apply_max_norm(self.constrained, config.max_weight_norm)
-                if record:
-                    layer_stats[step // config.record_every] = self.monitor.end_step()
-                if record_act:
-                    act_stats[step // config.activation_every] = self.monitor.activation_stats
-                    if self.monitor.collect_histograms:
-                        hist_steps.append(step)
-                        hist_counts.append(self.monitor.histograms.clone())
-                        hist_ranges.append(self.monitor.histogram_ranges.clone())
-                self.done = step + 1
-                last = step == steps - 1
-                if self.done % config.eval_every == 0 or last:
-                    evals.append((self.done, *self.evaluate(final=last)))
-                    self.model.train()
-                    if config.schedule == "plateau":
-                        self.scheduler.step(evals[-1][3])
-                if self.scheduler is not None and config.schedule != "plateau":
-                    self.scheduler.step()
-                if bar is not None:
-                    bar.update(1)
-                    if self.done % 20 == 0:
-                        bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-                if self.on_progress is not None and self.done % self.progress_every == 0 and not last:
-                    self.on_progress(self._record(per_step, lrs, layer_stats, act_stats, evals,
-                                                  hist_steps, hist_counts, hist_ranges, start))
-        finally:
-            self.monitor.remove()
-            if bar is not None:
-                bar.close()
-        run = self._record(per_step, lrs, layer_stats, act_stats, evals, hist_steps, hist_counts, hist_ranges, start)
-        if keep_model:
-            run.model = self.model
-        return run
+    def observe(self, on: bool) -> None:
+        """(Only the wide network reorders work on steps that record no activations.)"""
 
-    @torch.no_grad()
-    def evaluate(self, final: bool = False) -> tuple[float, float, float]:
-        """(train accuracy, validation accuracy, validation loss) on ``eval_examples`` of each
-        split; on the whole validation split (in chunks) when ``final``."""
-        self.model.eval()
-        self.monitor.collect_activations = False
-        n = self.config.eval_examples
-        train_acc = accuracy_and_loss(self.model, self.data.x_train[:n], self.data.y_train[:n])[0]
-        val_x, val_y = (self.data.x_val, self.data.y_val) if final else (self.data.x_val[:n], self.data.y_val[:n])
-        val_acc, val_loss = accuracy_and_loss(self.model, val_x, val_y)
-        return train_acc, val_acc, val_loss
+    def learning_rates(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
 
-    def _record(self, per_step, lrs, layer_stats, act_stats, evals, hist_steps, hist_counts, hist_ranges,
-                start) -> Run:
-        done, every, act_every = self.done, self.config.record_every, self.config.activation_every
-        rows = (done + every - 1) // every if self.monitor_on else 0
-        act_rows = (done + act_every - 1) // act_every if self.monitor_on else 0
-        steps_np = per_step[:done].cpu().numpy().astype(np.float64)
-        layers = layer_stats[:rows].cpu().numpy().astype(np.float64)
-        acts = act_stats[:act_rows].cpu().numpy().astype(np.float64)
-        ev = np.array(evals, dtype=np.float64).reshape(-1, 4)
-        n_act = len(self.monitor.activation_names)
-        return Run(
-            model_config=self.model_config, train_config=self.config, data_name=self.data.name,
-            device=str(self.device), layer_names=list(self.monitor.layer_names),
-            activation_names=list(self.monitor.activation_names),
-            loss=steps_np[:, 0], lr=lrs[:done].copy(), grad_norm=steps_np[:, 1], grad_norm_clipped=steps_np[:, 2],
-            clipped=steps_np[:, 3] > 0.5, stat_step=np.arange(rows) * every, act_step=np.arange(act_rows) * act_every,
-            layer_grad_norm=layers[:, 0], layer_weight_norm=layers[:, 1],
-            layer_update_ratio=layers[:, 2] / np.maximum(layers[:, 1], 1e-12),
-            act_mean=acts[:, :, 0], act_std=acts[:, :, 1], act_saturated=acts[:, :, 2], act_dead=acts[:, :, 3],
-            eval_step=ev[:, 0].astype(int), train_acc=ev[:, 1], val_acc=ev[:, 2], val_loss=ev[:, 3],
-            hist_step=np.array(hist_steps, dtype=int),
-            hist_counts=(torch.stack(hist_counts).cpu().numpy() if hist_counts
-                         else np.zeros((0, n_act, HIST_BINS))),
-            hist_range=(torch.stack(hist_ranges).cpu().numpy() if hist_ranges else np.zeros((0, n_act, 2))),
-            diverged_at=self.diverged_at, diverged_reason=self.reason, seconds=time.perf_counter() - start,
-        )
+    def forward_backward(self, x, y, alive) -> torch.Tensor:
+        loss = F.cross_entropy(self.model(x), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        return loss.detach().view(1)
+
+    def begin_record(self) -> None:
+        """Per-layer norms are wanted this step: the monitor copies the raw gradients."""
+        self.monitor.begin_step()
+
+    def end_record(self) -> torch.Tensor:
+        return self.monitor.end_step().norms
+
+    def clip(self):
+        before, after, fired = clip_gradients(self.params, self.config.clip, self.config.clip_threshold,
+                                              self.agc_params)
+        device = before.device if before.device.type != "cpu" else next(self.model.parameters()).device
+        return before.view(1).to(device), after.view(1).to(device), fired.view(1).to(device)
+
+    def step(self, alive) -> None:
+        self.optimizer.step()
+        if self.config.max_weight_norm is not None:
+            apply_max_norm(self.constrained, self.config.max_weight_norm)
+
+    def schedule(self, val_loss: float | None) -> None:
+        """One scheduler step; ``plateau`` steps only after an evaluation, on its loss."""
+        if self.config.schedule == "plateau":
+            if val_loss is not None:
+                self.scheduler.step(val_loss)
+        elif self.scheduler is not None:
+            self.scheduler.step()
+
+    def evaluate(self, images, labels):
+        return per_model_accuracy_and_loss(self.model, images, labels, chunk=1024)
 
 
 @torch.no_grad()
@@ -364,15 +394,24 @@ def accuracy_and_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tens
     ``chunk`` images, on the model's device. The model's mode is left as it is (call
     ``model.eval()`` first for the usual evaluation; in training mode batch norm uses each
     chunk's own statistics)."""
+    accuracy, loss = per_model_accuracy_and_loss(model, images, labels, chunk)
+    return float(accuracy[0]), float(loss[0])
+
+
+@torch.no_grad()
+def per_model_accuracy_and_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, chunk: int):
+    """:func:`accuracy_and_loss` as two ``(k,)`` NumPy arrays, for a model whose logits are
+    ``(batch, classes)`` (k = 1) or ``(batch, k, classes)`` (K models side by side)."""
     device = next(model.parameters()).device
     images, labels = images.to(device), labels.to(device)
-    correct, loss = torch.zeros((), device=device), torch.zeros((), device=device)
+    correct = loss = 0
     for start in range(0, len(labels), chunk):
         logits = model(images[start:start + chunk])
-        target = labels[start:start + chunk]
-        correct += (logits.argmax(1) == target).sum()
-        loss += F.cross_entropy(logits, target, reduction="sum")
-    return float(correct) / len(labels), float(loss) / len(labels)
+        logits = logits if logits.ndim == 3 else logits.unsqueeze(1)                     # (batch, k, classes)
+        target = labels[start:start + chunk].unsqueeze(1).expand(-1, logits.shape[1])   # (batch, k)
+        correct = correct + (logits.argmax(-1) == target).sum(0)
+        loss = loss + F.cross_entropy(logits.permute(0, 2, 1), target, reduction="none").sum(0)
+    return (correct / len(labels)).cpu().numpy(), (loss / len(labels)).cpu().numpy()
 
 
 def make_optimizer(parameters, config: TrainConfig) -> torch.optim.Optimizer:

@@ -324,7 +324,7 @@ def test_the_public_api_is_every_name_the_chapters_use_and_fits_one_screen():
                 used |= set(re.findall(r"\bgc\.([A-Za-z_]\w*)", "".join(cell["source"])))
     used -= {"__version__", "__file__"}
     assert used <= set(gc.__all__), f"chapters use names outside the public API: {sorted(used - set(gc.__all__))}"
-    assert len(gc.__all__) <= 40
+    assert len(gc.__all__) <= 30
     for name in gc.__all__:
         assert getattr(gc, name) is not None
 

@@ -18,6 +18,14 @@ def one_batch(data, n=32):
     return data.x_train[:n], data.y_train[:n]
 
 
+def one_step(monitor, optimizer=None):
+    """begin_step, the optimizer's step (if any), end_step: the step's LayerStats."""
+    monitor.begin_step()
+    if optimizer is not None:
+        optimizer.step()
+    return monitor.end_step()
+
+
 def manual_layer_grad_norms(model, layers, loss) -> torch.Tensor:
     """sqrt(sum of squared gradients of every parameter of each layer), by torch.autograd.grad."""
     params = [list(layer.parameters()) for layer in layers.values()]
@@ -37,7 +45,7 @@ def test_grad_norms_equal_a_manual_autograd_computation(digits):
         loss = F.cross_entropy(model(x), y)
         expected = manual_layer_grad_norms(model, model.layers(), loss)
         loss.backward()
-        measured = monitor.grad_norms()
+        measured = one_step(monitor).grad_norm
     assert monitor.layer_names == ["conv1", "conv2", "conv3", "fc"]
     assert torch.allclose(measured.double(), expected, rtol=1e-5)
 
@@ -64,9 +72,8 @@ def test_update_ratio_equals_the_weight_change_over_the_weight_norm(digits):
     with gc.LayerMonitor(model) as monitor:
         F.cross_entropy(model(x), y).backward()
         before = {name: [p.detach().clone() for p in layer.parameters()] for name, layer in model.layers().items()}
-        monitor.snapshot_weights()
-        optimizer.step()
-        weight_norms, ratios = monitor.update_ratios()
+        stats = one_step(monitor, optimizer)
+        weight_norms, ratios = stats.weight_norm, stats.update_ratio
     for index, (name, layer) in enumerate(model.layers().items()):
         old = before[name]
         delta = torch.sqrt(sum(((p.detach() - q) ** 2).sum() for p, q in zip(layer.parameters(), old)))
@@ -80,12 +87,6 @@ def test_recorded_sgd_update_ratio_is_lr_times_grad_norm_over_weight_norm(digits
                    device="cpu")
     expected = 0.05 * run.layer_grad_norm / run.layer_weight_norm  # plain SGD: delta W = -lr * grad
     assert run.layer_update_ratio == pytest.approx(expected, rel=1e-4)
-
-
-def test_update_ratios_without_a_snapshot_raise_a_helpful_error():
-    monitor = gc.LayerMonitor(gc.build_model(gc.CNNConfig(depth=2, width=4)))
-    with pytest.raises(RuntimeError, match="snapshot_weights"):
-        monitor.update_ratios()
 
 
 # -- activation statistics --------------------------------------------------------------
@@ -186,13 +187,14 @@ def test_monitor_works_on_a_plain_sequential_model():
         loss = F.cross_entropy(model(x), y)
         expected = manual_layer_grad_norms(model, {"0": model[0], "3": model[3]}, loss)
         loss.backward()
-        measured = monitor.grad_norms()
+        stats = one_step(monitor)
+        measured = stats.grad_norm
     hook.remove()
     assert monitor.layer_names == ["0", "3"] and monitor.activation_names == ["1"]
     assert torch.allclose(measured.double(), expected, rtol=1e-5)
     assert float(monitor.activation_stats[0, 0]) == pytest.approx(float(outputs[0].mean()), abs=1e-6)
     assert float(monitor.activation_stats[0, 1]) == pytest.approx(float(outputs[0].std(unbiased=False)), rel=1e-3)
-    assert monitor.grad_norms_dict() == pytest.approx(dict(zip(["0", "3"], measured.tolist())))
+    assert stats.as_dict()["grad_norm"] == pytest.approx(dict(zip(["0", "3"], measured.tolist())))
 
 
 def test_layer_without_a_gradient_has_norm_zero():
@@ -201,7 +203,7 @@ def test_layer_without_a_gradient_has_norm_zero():
         p.requires_grad_(False)
     monitor = gc.LayerMonitor(model)
     model(torch.randn(4, 3)).sum().backward()
-    norms = monitor.grad_norms()
+    norms = one_step(monitor).grad_norm
     assert float(norms[0]) == 0.0 and float(norms[1]) > 0.0
 
 
@@ -214,10 +216,7 @@ def test_monitor_accepts_explicit_layers_and_activations():
 # -- one flat copy per step, and the helpers built on the same hooks ---------------------
 
 @pytest.mark.parametrize("depth", [3, 30])
-@pytest.mark.parametrize("membership_limit", [4_000_000, 0])  # one matrix product; a segmented reduction
-def test_begin_and_end_step_equal_grad_norms_snapshot_and_update_ratios(digits, depth, membership_limit,
-                                                                       monkeypatch):
-    monkeypatch.setattr(gc.monitor, "_MEMBERSHIP_LIMIT", membership_limit)
+def test_end_step_equals_the_textbook_definitions_after_a_momentum_step(digits, depth):
     torch.manual_seed(2)
     model = gc.build_model(gc.CNNConfig(depth=depth, width=4, norm="batch"), digits)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -225,44 +224,39 @@ def test_begin_and_end_step_equal_grad_norms_snapshot_and_update_ratios(digits, 
     with gc.LayerMonitor(model) as monitor:
         for _ in range(2):  # the second step has a momentum buffer: the update is not just -lr * grad
             optimizer.zero_grad()
-            loss = F.cross_entropy(model(x), y)
-            expected_grads = manual_layer_grad_norms(model, model.layers(), loss)
-            loss.backward()
-            monitor.begin_step()
-            monitor.snapshot_weights()
-            grads = monitor.grad_norms()
-            optimizer.step()
-            weights, ratios = monitor.update_ratios()
-            together = monitor.end_step()
-    assert together.shape == (3, depth + 1)
-    assert torch.allclose(grads, expected_grads, rtol=1e-6)
-    assert torch.allclose(together[0], grads, rtol=1e-6)
-    assert torch.allclose(together[1], weights, rtol=1e-6)
-    assert torch.allclose(together[2] / together[1], ratios, rtol=1e-6)
+            F.cross_entropy(model(x), y).backward()
+            grads = [gc.monitor.layer_grad_norm(layer) for layer in model.layers().values()]
+            before = [[p.detach().clone() for p in layer.parameters()] for layer in model.layers().values()]
+            stats = one_step(monitor, optimizer)
+    after = [[p.detach() for p in layer.parameters()] for layer in model.layers().values()]
+    assert stats.norms.shape == (3, 1, depth + 1)
+    assert stats.grad_norm.tolist() == pytest.approx(grads, rel=1e-6)
+    assert stats.update_ratio.tolist() == pytest.approx(
+        [gc.monitor.update_to_weight_ratio(b, a) for b, a in zip(before, after)], rel=1e-5)
 
 
 @pytest.mark.parametrize("hidden, padded", [(8, True), (256, False)])  # layer sizes alike; one layer dominates
-def test_end_step_is_the_same_whether_layers_share_padded_slots_or_are_packed(hidden, padded):
+@pytest.mark.parametrize("membership_limit", [4_000_000, 0])  # one matrix product; a segmented reduction
+def test_end_step_is_the_same_whether_layers_share_padded_slots_or_are_packed(hidden, padded, membership_limit,
+                                                                             monkeypatch):
+    monkeypatch.setattr(gc._norms, "_MEMBERSHIP_LIMIT", membership_limit)
     torch.manual_seed(3)
     model = nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, hidden), nn.Tanh(), nn.Linear(hidden, 3))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     x, y = torch.randn(16, 8), torch.randint(0, 3, (16,))
     with gc.LayerMonitor(model) as monitor:
-        assert monitor._padded is padded
-        for _ in range(2):
-            optimizer.zero_grad()
-            loss = F.cross_entropy(model(x), y)
-            expected_grads = manual_layer_grad_norms(model, monitor.layers, loss)
-            loss.backward()
-            monitor.begin_step()
-            monitor.snapshot_weights()
-            optimizer.step()
-            weights, ratios = monitor.update_ratios()
-            together = monitor.end_step()
-    assert together.dtype == torch.float64 and together.shape == (3, 3)
-    assert torch.allclose(together[0], expected_grads, rtol=1e-6)
-    assert torch.allclose(together[1], weights, rtol=1e-6)
-    assert torch.allclose(together[2] / together[1], ratios, rtol=1e-6)
+        assert monitor._rows.padded is padded
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        expected_grads = manual_layer_grad_norms(model, monitor.layers, loss)
+        loss.backward()
+        before = [[p.detach().clone() for p in layer.parameters()] for layer in monitor.layers.values()]
+        stats = one_step(monitor, optimizer)
+    after = [[p.detach() for p in layer.parameters()] for layer in monitor.layers.values()]
+    assert stats.norms.dtype == torch.float64 and stats.norms.shape == (3, 1, 3)
+    assert torch.allclose(stats.grad_norm, expected_grads, rtol=1e-6)
+    assert stats.update_ratio.tolist() == pytest.approx(
+        [gc.monitor.update_to_weight_ratio(b, a) for b, a in zip(before, after)], rel=1e-5)
 
 
 def test_norms_too_small_for_float32_squares_are_summed_in_float64():
@@ -272,7 +266,7 @@ def test_norms_too_small_for_float32_squares_are_summed_in_float64():
     with torch.no_grad():
         model[0].weight.grad.mul_(1e-25)  # squares of 1e-26 underflow to 0 in float32
         model[0].bias.grad.mul_(1e-25)
-    norms = monitor.grad_norms()
+    norms = one_step(monitor).grad_norm
     expected = torch.cat([model[0].weight.grad.double().reshape(-1), model[0].bias.grad.double()]).norm()
     assert norms.dtype == torch.float64
     assert 0 < float(norms[0]) == pytest.approx(float(expected), rel=1e-9)
@@ -336,15 +330,25 @@ def test_backward_signal_is_the_norm_of_the_loss_gradient_with_respect_to_each_o
     assert gc.backward_signal(model, x, y, convs) == pytest.approx(expected[:2], rel=1e-6)
 
 
-def test_one_rows_fallback_to_float64_does_not_change_the_other_rows():
-    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
-    monitor = gc.LayerMonitor(model)
-    model(torch.randn(3, 4)).sum().backward()
-    grads = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
-    alone = monitor._layer_norms(grads[None])
-    with_tiny_row = monitor._layer_norms(torch.stack([grads, grads * 1e-25]))
-    assert torch.equal(with_tiny_row[0], alone[0])
-    assert with_tiny_row[1] / with_tiny_row[0] == pytest.approx(torch.full((2,), 1e-25, dtype=torch.float64), rel=1e-6)
+@pytest.mark.parametrize("hidden", [8, 256])  # padded slots; packed layers
+def test_one_rows_fallback_to_float64_does_not_change_the_other_rows(hidden):
+    from gradcourse._norms import LayerRows
+
+    sizes, layers = [8 * 8, 8, 8 * hidden, hidden], [0, 0, 1, 1]
+    rows = LayerRows(sizes, layers, 2, k=1)
+    grads = torch.randn(1, sum(sizes))
+    packed = [grads[:, :72], grads[:, 72:]]
+    parts = [grads[:, 0:64], grads[:, 64:72], grads[:, 72:72 + 8 * hidden], grads[:, 72 + 8 * hidden:]]
+    one = rows.fill(parts, out=rows.new(1, grads)[0])
+    alone = rows.norms(one)
+    tiny = torch.stack([one, one * 1e-25])
+    big = torch.stack([one] * 500).view(500, 1, -1)   # large enough for the float32 path
+    with_tiny_row = rows.norms(tiny)
+    assert torch.equal(with_tiny_row[0], alone)
+    assert (with_tiny_row[1] / with_tiny_row[0]).flatten().tolist() == pytest.approx([1e-25, 1e-25], rel=1e-6)
+    assert torch.allclose(rows.norms(big)[0], alone, rtol=1e-6)
+    expected = torch.stack([torch.cat(packed[:1]).norm(), packed[1].norm()]).double()
+    assert torch.allclose(alone.flatten(), expected, rtol=1e-6)
 
 
 # -- the textbook definitions themselves -----------------------------------------------
@@ -377,7 +381,7 @@ def test_the_monitor_computes_the_textbook_statistics(digits, activation):
     with gc.LayerMonitor(model) as monitor, forward_hooks(model.activation_modules(), outputs.__setitem__):
         loss = F.cross_entropy(model(x), y)
         loss.backward()
-        grads = monitor.grad_norms()
+        grads = one_step(monitor).grad_norm
     for index, (name, layer) in enumerate(model.layers().items()):
         assert float(grads[index]) == pytest.approx(gc.monitor.layer_grad_norm(layer), rel=1e-6), name
     for index, (name, module) in enumerate(model.activation_modules().items()):

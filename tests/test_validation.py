@@ -203,9 +203,9 @@ def test_pick_device_reads_the_environment_variable(monkeypatch):
 
 
 def test_pick_device_prefers_cuda_when_present():
-    expected = "cuda" if torch.cuda.is_available() else ("mps" if "mps" in gc.available_devices() else "cpu")
+    expected = "cuda" if torch.cuda.is_available() else ("mps" if "mps" in gc.device.available_devices() else "cpu")
     assert gc.pick_device().type == expected
-    assert gc.available_devices()[-1] == "cpu"
+    assert gc.device.available_devices()[-1] == "cpu"
 
 
 USER_MISTAKES = {

@@ -110,7 +110,7 @@ def test_every_config_field_is_on_train_manys_allow_list():
 
 @pytest.mark.parametrize("change", [{"optimizer": "adam"}, {"schedule": "step"}, {"clip": "agc"},
                                     {"weight_decay": 1e-4}, {"max_weight_norm": 1.0}, {"nesterov": True,
-                                    "optimizer": "momentum"}, {"record_every": 2, "activation_every": 10}])
+                                    "optimizer": "momentum"}])
 def test_options_train_many_does_not_support_are_refused(change):
     assert not can_train_together([MODEL, MODEL], [gc.TrainConfig(**change), gc.TrainConfig(**change)])
 
