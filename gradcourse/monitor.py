@@ -168,16 +168,16 @@ class LayerMonitor:
 
     Use it as a context manager around the training loop::
 
-        with LayerMonitor(model) as monitor:    # forward hooks read the activations
+        with LayerMonitor(model) as monitor:  # hooks read activations
             for x, y in batches:
                 loss = loss_fn(model(x), y)
                 optimizer.zero_grad()
                 loss.backward()
-                monitor.begin_step()            # copies the gradients and the weights
+                monitor.begin_step()        # copies gradients, weights
                 optimizer.step()
-                stats = monitor.end_step()      # LayerStats: norms and update ratios
+                stats = monitor.end_step()  # a LayerStats
                 log(stats.as_dict())
-            monitor.activation_stats            # (modules, 4): of the last forward pass
+            monitor.activation_stats        # (modules, 4)
 
     Per layer means all parameters of that named module (a conv block's convolution
     weight and bias, plus its normalization's parameters). The statistics are exactly

@@ -120,6 +120,11 @@ class Run:
         device = "" if self.device == "cpu" else f" on {self.device}"
         return f"finished {self.steps_done} steps: loss {loss}, val acc {self.final_val_acc:.3f}{clipped}{device}"
 
+    def outcome(self) -> str:
+        """How the run ended, for a table of runs: ``diverged at step N``, or the final
+        validation accuracy to two decimals."""
+        return f"diverged at step {self.diverged_at}" if self.diverged else f"{self.final_val_acc:.2f}"
+
     def __repr__(self) -> str:
         return f"Run({self.data_name}, {self.summary()})"
 

@@ -1,9 +1,13 @@
 """Train one configuration and return its :class:`~gradcourse.record.Run`.
 
-The loop is deliberately plain PyTorch (sample a batch, forward, backward, clip, step,
-schedule) with a :class:`~gradcourse.monitor.LayerMonitor` reading a few floats per layer.
-Statistics stay on the training device until the run ends, so a GPU run synchronizes
-once per step (for the divergence check) and not once per statistic.
+:func:`train` and :func:`gradcourse.vectorized.train_many` share one loop,
+:class:`Loop`: sample a batch, forward and backward, the monitor reads the raw gradients,
+clip, check for divergence, step, record per-layer norms, evaluate, schedule. What differs
+between one model and K models side by side is in :class:`OneModel` (plain ``torch.optim``
+and :func:`~gradcourse.clipping.clip_gradients`) and in
+:class:`gradcourse.vectorized.WideModels`. Statistics stay on the training device until
+the run ends (:class:`~gradcourse.record.RunBuffer`), so a GPU run synchronizes once per
+step (for the divergence check) and not once per statistic.
 """
 from __future__ import annotations
 
