@@ -23,8 +23,8 @@ def cache_dir() -> Path:
 
 # The modules whose code decides what a training run records; editing plots or explorers
 # leaves cached runs valid.
-TRAINING_MODULES = ("_validate.py", "clipping.py", "data.py", "device.py", "models.py", "monitor.py",
-                    "record.py", "train.py")
+TRAINING_MODULES = ("_norms.py", "_validate.py", "clipping.py", "data.py", "device.py", "models.py", "monitor.py",
+                    "record.py", "train.py", "vectorized.py")
 
 
 @lru_cache(maxsize=1)
