@@ -85,7 +85,7 @@ def slider_roundtrip(moves: int) -> dict:
 def sweep_speedup(repeats: int, steps: int | None = None, k: int = 8, threads: int | None = None,
                   model: CNNConfig | None = None, train_config: TrainConfig | None = None,
                   name: str = "") -> dict:
-    """``k`` learning rates trained together (:func:`gradcourse.train_many`) vs one
+    """``k`` learning rates trained together (:func:`gradcourse.vectorized.train_many`) vs one
     after another with :func:`gradcourse.train`, same steps, best of ``repeats``, both with
     ``threads`` torch threads (default: the process's setting). Two references:
 

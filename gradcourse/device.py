@@ -84,7 +84,7 @@ def keep_freed_memory(limit_mb: int = 32) -> bool:
     size stay in the process for the next step. The process's peak memory does not change,
     but up to ``4 * limit_mb`` MB freed after a peak stay with the process while it runs.
     Process-wide; the first call decides. :func:`gradcourse.train` and
-    :func:`gradcourse.train_many` call it; BENCHMARKS.md has what it saves."""
+    :func:`gradcourse.vectorized.train_many` call it; BENCHMARKS.md has what it saves."""
     global _allocator_tuned
     if isinstance(limit_mb, bool) or not isinstance(limit_mb, int) or not 1 <= limit_mb <= 32:
         raise ConfigError(f"keep_freed_memory(limit_mb={limit_mb!r}): limit_mb must be a whole number of "

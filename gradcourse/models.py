@@ -185,7 +185,7 @@ class CNN(nn.Module):
 
 
 def build_model(config: CNNConfig | None = None, data=None, **overrides) -> CNN:
-    """Build a :class:`CNN` shaped for ``data`` (an :class:`~gradcourse.data.ImageData`), or for
+    """Build a :class:`~gradcourse.models.CNN` shaped for ``data`` (an :class:`~gradcourse.data.ImageData`), or for
     1x8x8 inputs and 10 classes when no data is given. Keyword overrides replace config fields."""
     from dataclasses import replace
 

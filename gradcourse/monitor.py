@@ -123,7 +123,7 @@ def backward_signal(model: nn.Module, x: torch.Tensor, y: torch.Tensor, modules=
 
 
 class LayerStats:
-    """One step's per-layer statistics, from :meth:`LayerMonitor.end_step`.
+    """One step's per-layer statistics, from :meth:`gradcourse.LayerMonitor.end_step`.
 
     ``grad_norm`` (before any clipping), ``weight_norm`` (before the step), ``update_norm``
     (``||W_after - W_before||``) and ``update_ratio`` are tensors with one entry per layer,
@@ -181,12 +181,12 @@ class LayerMonitor:
 
     Per layer means all parameters of that named module (a conv block's convolution
     weight and bias, plus its normalization's parameters). The statistics are exactly
-    those of :func:`layer_grad_norm`, :func:`update_to_weight_ratio` and
-    :func:`activation_statistics` above, computed for all layers at once by
-    :mod:`gradcourse._norms`.
+    those of :func:`~gradcourse.monitor.layer_grad_norm`, :func:`~gradcourse.monitor.update_to_weight_ratio` and
+    :func:`~gradcourse.monitor.activation_statistics` above, computed for all layers at once by
+    ``gradcourse._norms``.
 
     ``models`` > 1 watches K models trained side by side in one K-wide network
-    (:func:`gradcourse.train_many`): every parameter and activation holds the K models'
+    (:func:`gradcourse.vectorized.train_many`): every parameter and activation holds the K models'
     entries model-major along dim 0 (parameters) or dim 1 (activations), and every
     statistic gets a leading ``models`` dimension.
     """
@@ -319,7 +319,7 @@ class LayerMonitor:
 
     @torch.inference_mode()
     def end_step(self) -> LayerStats:
-        """Call after the optimizer step: the step's :class:`LayerStats`, all layers' norms
+        """Call after the optimizer step: the step's :class:`~gradcourse.monitor.LayerStats`, all layers' norms
         of the gradient, of the weights before the step and of the update from one
         reduction (computed in ``torch.inference_mode()``: inference tensors)."""
         if not self._stepping:

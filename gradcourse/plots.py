@@ -118,7 +118,7 @@ def plot_gradient_flow(run: Run, ax=None, title: str | None = None, vmin: float 
 def plot_grad_norm_profile(runs, steps=(0,), ax=None, title: str | None = None):
     """Per-layer gradient norm against layer (input to output) at chosen steps, log y.
 
-    ``runs`` is a :class:`Run`, a list of runs, or ``{label: run}``."""
+    ``runs`` is a :class:`~gradcourse.record.Run`, a list of runs, or ``{label: run}``."""
     runs = _as_runs(runs)
     fig, ax = _axes(ax)
     ax.set_title(title or "Gradient norm by layer")
@@ -339,7 +339,7 @@ def plot_update_ratio(run: Run, ax=None, band=UPDATE_RATIO_BAND, title: str | No
 def plot_training_curves(runs, metrics=("loss", "val_acc"), title: str | None = None, smooth: int = 1):
     """Loss (log y) and validation/training accuracy of several runs side by side.
 
-    ``runs``: a :class:`Run`, a list, or ``{label: run}``. A run that diverged ends with an
+    ``runs``: a :class:`~gradcourse.record.Run`, a list, or ``{label: run}``. A run that diverged ends with an
     ``x`` at its last finite loss and the step number in the legend."""
     runs = _as_runs(runs)
     allowed = ("loss", "val_acc", "train_acc", "val_loss", "lr", "grad_norm")

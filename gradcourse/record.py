@@ -159,7 +159,7 @@ class RunBuffer:
     """What a training loop measures while ``k`` models train side by side (``k = 1`` for
     :func:`gradcourse.train`), kept on the training device until the run ends (a GPU run
     then synchronizes once per step, for the divergence check, not once per statistic).
-    :meth:`run` turns model ``i``'s share into its :class:`Run`."""
+    :meth:`run` turns model ``i``'s share into its :class:`~gradcourse.record.Run`."""
 
     def __init__(self, train_configs: list, layer_names: list[str], activation_names: list[str], device,
                  monitored: bool):

@@ -27,12 +27,12 @@ def sweep(grid: dict[str, list], model_config: CNNConfig | None = None, train_co
             A ``clip_threshold`` of ``None`` means "no clipping" (``clip="none"``); a number
             turns on clipping by norm unless ``clip`` is already set (or swept).
         model_config, train_config: the settings shared by every run.
-        data: a dataset name, :class:`~gradcourse.DataConfig` or loaded :class:`~gradcourse.ImageData` (loaded once).
+        data: a dataset name, :class:`~gradcourse.DataConfig` or loaded :class:`~gradcourse.data.ImageData` (loaded once).
         cache: read and write each run through the disk cache (see :func:`gradcourse.train`).
         progress: show one progress bar over the configurations.
         device: where to train (default: :func:`gradcourse.pick_device`).
         together: train the grid points that differ only in ``lr``, ``clip_threshold`` or
-            ``momentum`` as one grouped network (:func:`gradcourse.train_many`):
+            ``momentum`` as one grouped network (:func:`gradcourse.vectorized.train_many`):
             faster, and equal to separate runs up to floating-point rounding. Such runs are
             cached under their own keys. Grid points that cannot share a network train alone.
 

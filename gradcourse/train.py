@@ -167,7 +167,7 @@ def train(model_config: CNNConfig | None = None, train_config: TrainConfig | Non
     Args:
         model_config: the network (default ``CNNConfig()``); ignored when ``model`` is given.
         train_config: optimizer, schedule, clipping... (default ``TrainConfig()``).
-        data: an :class:`ImageData`, a :class:`DataConfig` or a dataset name (default ``digits``).
+        data: an :class:`~gradcourse.data.ImageData`, a :class:`DataConfig` or a dataset name (default ``digits``).
         device: ``"cpu"``, ``"cuda"``, ... (default: the GPU when there is one, see :func:`pick_device`).
         model: train this module instead of building one (e.g. a pretrained network to fine-tune).
         monitor: record per-layer statistics (turn off only to measure their cost).
@@ -228,7 +228,7 @@ def train(model_config: CNNConfig | None = None, train_config: TrainConfig | Non
 
 
 class Loop:
-    """The training loop of :func:`train` (one model) and :func:`~gradcourse.train_many` (K
+    """The training loop of :func:`train` (one model) and :func:`~gradcourse.vectorized.train_many` (K
     models side by side in one wide network). Per step: a batch, forward and backward
     (``models.forward_backward``), the monitor reads the raw gradients, clipping
     (``models.clip``), the divergence check, the update (``models.step``), the monitor's

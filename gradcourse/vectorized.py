@@ -89,7 +89,7 @@ def can_train_together(model_configs: list[CNNConfig], train_configs: list[Train
 
 
 class WideCNN(nn.Module):
-    """K copies of a :class:`CNN` side by side: every layer is grouped by model."""
+    """K copies of a :class:`~gradcourse.models.CNN` side by side: every layer is grouped by model."""
 
     def __init__(self, models: list[CNN]):
         super().__init__()
@@ -190,7 +190,7 @@ def train_many(model_config: CNNConfig, train_configs: list[TrainConfig], data: 
                device: torch.device | str = "cpu") -> list[Run]:
     """Train every ``TrainConfig`` in ``train_configs`` on ``model_config`` together.
 
-    Returns one :class:`Run` per configuration, in order. Raises ``ValueError`` if the
+    Returns one :class:`~gradcourse.record.Run` per configuration, in order. Raises ``ValueError`` if the
     configurations cannot share a network (``unsupported_options`` says why)."""
     problems = unsupported_options(model_config, train_configs)
     if problems:
@@ -313,7 +313,7 @@ class WideModels:
 
     def end_record(self) -> torch.Tensor:
         """``(3, K, named layers)``: norms of the gradient, the weights before the step and
-        the update, as :meth:`LayerMonitor.end_step` gives them."""
+        the update, as :meth:`gradcourse.LayerMonitor.end_step` gives them."""
         self.recording = False
         weights, updates = self.rows.norms(self.recorded)
         return torch.stack([self.grad_norms, weights, updates])[:, :, :self.named_layers]

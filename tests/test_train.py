@@ -495,3 +495,12 @@ def test_keep_freed_memory_stops_freed_blocks_from_faulting_in_again():
     initial, kept = faults("initial"), faults("keep")
     assert initial > 25 * 2048, initial
     assert kept < 2 * 2048, kept  # at most one block's pages again (the heap may move once)
+
+
+def test_the_cache_key_changes_with_the_code_and_not_with_its_docstrings_or_comments():
+    from gradcourse.cache import _code_without_docstrings as code
+
+    documented = 'def f(x):\n    """Twice x."""\n    return 2 * x  # doubled\n'
+    assert code(documented) == code('def f(x):\n    """Double x."""\n    return 2 * x\n')
+    assert code(documented) != code('def f(x):\n    """Twice x."""\n    return 3 * x\n')
+    assert code('class A:\n    "A class."\n') == code('class A:\n    pass\n')
