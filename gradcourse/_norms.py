@@ -9,9 +9,10 @@ slot of the same size, zero-padded; then the norms of all layers of all rows are
 ``vector_norm`` over the last dimension.
 
 Norms are accumulated in float64: in float32 the gradient of a vanishing layer, around
-1e-25, would square to 0. Large rows (K models' worth) are summed in float32 first, ten
-times faster on a CPU, and summed again in float64 only for a row with a layer whose sum
-leaves the range where float32 is exact.
+1e-25, would square to 0. Large rows (K models' worth) are summed in float32 first, which
+a CPU does much faster than converting them, and summed again in float64 only for a row
+with a layer whose sum leaves the range where float32 is exact (BENCHMARKS.md has the
+figures).
 """
 from __future__ import annotations
 

@@ -374,7 +374,7 @@ _BAND = {nn.Sigmoid: (0.5, 0.49), nn.Tanh: (0.0, 0.99)}
 
 def _count_flat(units: torch.Tensor, module: nn.Module, dim: int) -> torch.Tensor:
     """The number of units in the flat region along ``dim`` (:func:`flat_tests`' test),
-    counted with float arithmetic where the test allows: several times faster on a CPU than
+    counted with float arithmetic where the test allows, which a CPU does faster than
     counting a boolean tensor."""
     if type(module) is nn.ReLU:   # outputs >= 0: the flat ones are the zeros
         return units.shape[dim] - torch.sign(units).sum(dim)
