@@ -150,3 +150,15 @@ def test_an_unnormalized_residual_relu_network_trains_together_as_alone(digits):
         alone = gc.train(model, config, digits)
         np.testing.assert_allclose(run.loss[:3], alone.loss[:3], rtol=1e-5)
 
+
+
+def test_statistics_every_few_steps_are_recorded_as_train_records_them(digits):
+    """The shared loop records per-layer norms every ``record_every`` steps for both."""
+    configs = [gc.TrainConfig(steps=12, lr=lr, eval_every=6, record_every=3, activation_every=6)
+               for lr in (0.01, 0.05)]
+    run = train_many(MODEL, configs, digits)[0]
+    alone = gc.train(MODEL, configs[0], digits)
+    np.testing.assert_array_equal(run.stat_step, [0, 3, 6, 9])
+    np.testing.assert_array_equal(run.stat_step, alone.stat_step)
+    np.testing.assert_array_equal(run.act_step, alone.act_step)
+    np.testing.assert_allclose(run.layer_grad_norm[:2], alone.layer_grad_norm[:2], rtol=1e-4)
