@@ -16,9 +16,10 @@ CLIP_MODES = ("none", "norm", "value", "agc")
 
 def total_grad_norm(parameters: Iterable[nn.Parameter]) -> torch.Tensor:
     """The L2 norm of all gradients together, as a 0-d tensor (0 when there are none)."""
+    parameters = list(parameters)
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
-        return torch.tensor(0.0)
+        return torch.zeros((), device=parameters[0].device if parameters else None)
     return torch.nn.utils.get_total_norm(grads, norm_type=2.0)
 
 
@@ -39,7 +40,8 @@ def adaptive_clip_grad_(parameters: Iterable[nn.Parameter], clip_factor: float, 
     ``G_i`` is scaled down to exactly that bound. Brock et al. leave the final classifier
     unclipped; pass only the parameters you want clipped.
     """
-    fired = torch.zeros((), dtype=torch.bool)
+    parameters = list(parameters)
+    fired = torch.zeros((), dtype=torch.bool, device=parameters[0].device if parameters else None)
     for p in parameters:
         if p.grad is None:
             continue
@@ -48,7 +50,7 @@ def adaptive_clip_grad_(parameters: Iterable[nn.Parameter], clip_factor: float, 
         too_big = grad_norm > max_norm
         scale = torch.where(too_big, max_norm / grad_norm.clamp_min(1e-12), torch.ones_like(grad_norm))
         p.grad.detach().mul_(scale)
-        fired = fired.to(too_big.device) | too_big.any()
+        fired = fired | too_big.any()
     return fired
 
 

@@ -26,7 +26,7 @@ from torch import nn
 
 from .hooks import forward_hooks
 from .models import CNNConfig, build_model
-from .monitor import backward_signal, jacobian_singular_values
+from .monitor import backward_signal, jacobian_singular_values, weight_layers
 
 SCHEMES = ("gaussian", "orthogonal", "delta_orthogonal")
 
@@ -52,13 +52,6 @@ def delta_orthogonal_(weight: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
     weight.zero_()
     weight[(slice(None), slice(None), *(size // 2 for size in weight.shape[2:]))] = centre
     return weight
-
-
-def weight_layers(model: nn.Module) -> "OrderedDict[str, nn.Module]":
-    """Every convolution and linear module of ``model`` in forward (registration) order,
-    named by its path: the layers an initialization scheme sets."""
-    kinds = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-    return OrderedDict((name, m) for name, m in model.named_modules() if isinstance(m, kinds))
 
 
 @torch.no_grad()
@@ -131,11 +124,8 @@ def lsuv_init_(model: nn.Module, batch: torch.Tensor, tol: float = 0.05, max_ite
         for name, layer in layers.items():
             for _ in range(max_iter):
                 seen: list[torch.Tensor] = []
-                hook = layer.register_forward_hook(lambda module, inputs, output: seen.append(output))
-                try:
+                with forward_hooks({name: layer}, lambda _, output: seen.append(output)):
                     model(batch)
-                finally:
-                    hook.remove()
                 variance = float(seen[0].to(torch.float64).var())
                 if not math.isfinite(variance) or variance == 0.0:
                     raise ValueError(f"lsuv_init_: the output of {name} has variance {variance} on the batch; "
@@ -157,8 +147,7 @@ def tanh_cnn(sigma_w: float, depth: int, data=None, width: int = 8, seed: int = 
              scheme: str = "gaussian", activation: str = "tanh", sigma_b: float = 0.0) -> nn.Module:
     """A plain gradcourse CNN (``depth`` 3x3 convolutions of ``width`` channels, shaped for
     ``data``) initialized by :func:`scaled_init_` at weight scale ``sigma_w``, seeded by ``seed``."""
-    torch.manual_seed(seed)
-    model = build_model(CNNConfig(depth=depth, width=width, activation=activation), data)
+    model = build_model(CNNConfig(depth=depth, width=width, activation=activation), data, seed=seed)
     return scaled_init_(model, sigma_w, scheme, sigma_b)
 
 

@@ -184,12 +184,17 @@ class CNN(nn.Module):
         return rows
 
 
-def build_model(config: CNNConfig | None = None, data=None, **overrides) -> CNN:
+def build_model(config: CNNConfig | None = None, data=None, *, seed: int | None = None, **overrides) -> CNN:
     """Build a :class:`~gradcourse.models.CNN` shaped for ``data`` (an :class:`~gradcourse.data.ImageData`), or for
-    1x8x8 inputs and 10 classes when no data is given. Keyword overrides replace config fields."""
+    1x8x8 inputs and 10 classes when no data is given. Keyword overrides replace config fields.
+
+    ``seed`` seeds torch's random generator first (``torch.manual_seed``), so the weights are
+    the ones :func:`gradcourse.train` starts from with ``TrainConfig(seed=seed)``."""
     from dataclasses import replace
 
     config = replace(config or CNNConfig(), **overrides) if overrides else (config or CNNConfig())
+    if seed is not None:
+        torch.manual_seed(seed)
     if data is None:
         return CNN(config)
     return CNN(config, data.in_channels, data.num_classes, data.image_size)

@@ -77,13 +77,17 @@ def activation_statistics(output: torch.Tensor, module: nn.Module) -> dict[str, 
             "saturated": float(flat_region(y).double().mean()), "dead": float(dead.double().mean())}
 
 
-def default_layers(model: nn.Module) -> "OrderedDict[str, nn.Module]":
-    """The layers to monitor: ``model.layers()`` when the model has it (gradcourse's CNN),
-    otherwise every convolution and linear module, named by its path in the model."""
-    if hasattr(model, "layers"):
-        return OrderedDict(model.layers())
+def weight_layers(model: nn.Module) -> "OrderedDict[str, nn.Module]":
+    """Every convolution and linear module of ``model`` in registration order, named by its
+    path: the layers that hold weights (and the ones an initialization scheme sets)."""
     kinds = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
     return OrderedDict((name, m) for name, m in model.named_modules() if isinstance(m, kinds))
+
+
+def default_layers(model: nn.Module) -> "OrderedDict[str, nn.Module]":
+    """The layers to monitor: ``model.layers()`` when the model has it (gradcourse's CNN),
+    otherwise :func:`weight_layers`."""
+    return OrderedDict(model.layers()) if hasattr(model, "layers") else weight_layers(model)
 
 
 def default_activations(model: nn.Module) -> "OrderedDict[str, nn.Module]":

@@ -211,9 +211,10 @@ def train(model_config: CNNConfig | None = None, train_config: TrainConfig | Non
         if cached is not None:
             return cached
     data = data.to(device)
-    torch.manual_seed(train_config.seed)
     if model is None:
-        model = build_model(model_config, data)
+        model = build_model(model_config, data, seed=train_config.seed)
+    else:  # the seed still fixes any randomness of the model's own (dropout)
+        torch.manual_seed(train_config.seed)
     model = model.to(device)
     layer_monitor = LayerMonitor(model)
     loop = Loop(OneModel(model, train_config, layer_monitor), layer_monitor, [train_config], data, device,
@@ -371,8 +372,7 @@ class OneModel:
     def clip(self):
         before, after, fired = clip_gradients(self.params, self.config.clip, self.config.clip_threshold,
                                               self.agc_params)
-        device = before.device if before.device.type != "cpu" else next(self.model.parameters()).device
-        return before.view(1).to(device), after.view(1).to(device), fired.view(1).to(device)
+        return before.view(1), after.view(1), fired.view(1)
 
     def step(self, alive) -> None:
         self.optimizer.step()

@@ -209,8 +209,7 @@ def build_wide(model_config: CNNConfig, data: ImageData, k: int, seed: int) -> W
     exactly as :func:`gradcourse.train` initializes it with this ``seed``."""
     models = []
     for _ in range(k):
-        torch.manual_seed(seed)
-        models.append(build_model(model_config, data))
+        models.append(build_model(model_config, data, seed=seed))
     return WideCNN(models)
 
 
