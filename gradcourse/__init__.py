@@ -17,7 +17,7 @@ scikit-learn, matplotlib and ipywidgets are imported when a function needs them.
 """
 from ._validate import ConfigError
 from .clipping import adaptive_clip_grad_, clip_gradients, unitwise_norm
-from .data import DataConfig, DatasetUnavailable, ImageData, available_offline, load_data
+from .data import DataConfig, DatasetUnavailable, ImageData, available_offline, chapter_data, load_data
 from .device import describe_device, pick_device
 from .live_sliders import live_explorer
 from .models import CNN, CNNConfig, build_model
@@ -51,7 +51,7 @@ def __dir__():
 
 __all__ = [
     # configuration and data
-    "CNNConfig", "TrainConfig", "DataConfig", "load_data", "available_offline",
+    "CNNConfig", "TrainConfig", "DataConfig", "load_data", "chapter_data", "available_offline",
     # models, training, the run record
     "build_model", "train", "sweep", "lr_range_test", "accuracy_and_loss",
     # measuring
@@ -59,7 +59,7 @@ __all__ = [
     # remedies the course teaches with its own helpers
     "clip_gradients", "adaptive_clip_grad_", "unitwise_norm", "apply_max_norm",
     # devices
-    "pick_device", "describe_device",
+    "pick_device",
     # sliders: static (any page) and live (a kernel)
     "static_explorer", "sweep_explorer", "live_explorer",
     # figures

@@ -126,6 +126,29 @@ def load_data(config: DataConfig | str | None = None, device=None, **overrides) 
     return data.to(device) if device is not None else data
 
 
+def chapter_data(big: bool = False, steps: int = 150, big_steps: int | None = None) -> tuple[ImageData, int]:
+    """A chapter's data and number of training steps, at one of two scales, printed with
+    the device its runs will train on.
+
+    - ``big=False``: scikit-learn's 8x8 digits (bundled, works offline) and ``steps``
+      steps. The book is built at this scale.
+    - ``big=True``: MNIST at 28x28 (downloaded once, validated on its official test split)
+      and ``big_steps`` steps, 4 x ``steps`` unless given: meant for a GPU, e.g. in Colab.
+
+    ``data, STEPS = gc.chapter_data(BIG, steps=150)`` opens most chapters.
+    """
+    from .device import describe_device, pick_device
+
+    check.boolean("chapter_data", "big", big)
+    check.integer("chapter_data", "steps", steps, 1)
+    if big_steps is not None:
+        check.integer("chapter_data", "big_steps", big_steps, 1)
+    data = load_data("mnist" if big else "digits")
+    print(data)
+    print("training on:", describe_device(pick_device()))
+    return data, ((big_steps or 4 * steps) if big else steps)
+
+
 def data_root(config: DataConfig) -> Path:
     """The folder torchvision datasets are read from and downloaded to."""
     root = config.root or os.environ.get(DATA_ENV) or Path.home() / ".cache" / "gradcourse" / "data"

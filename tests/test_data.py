@@ -280,3 +280,17 @@ def test_available_offline_sees_a_dataset_on_disk(tmp_path):
     write_mnist_like(tmp_path, "FashionMNIST")
     status = gc.available_offline(str(tmp_path))
     assert status["fashion-mnist"] is True and status["mnist"] is False
+
+
+def test_chapter_data_is_the_digits_and_the_steps_by_default_and_says_where_it_trains(capsys):
+    data, steps = gc.chapter_data(steps=150)
+    assert data.name == "digits" and steps == 150
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == repr(data) and printed[1].startswith("training on: ")
+
+
+@pytest.mark.parametrize("field, arguments", [("big", {"big": "yes"}), ("steps", {"steps": 0}),
+                                              ("big_steps", {"big_steps": 2.5})])
+def test_chapter_data_names_the_bad_field(field, arguments):
+    with pytest.raises(gc.ConfigError, match=rf"chapter_data\.{field} = "):
+        gc.chapter_data(**arguments)
