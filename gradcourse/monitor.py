@@ -354,39 +354,57 @@ def _activation_sums(y: torch.Tensor, module: nn.Module, k: int, dtype: torch.dt
     and the channels flat for the whole batch. Subtracting a value of the layer first keeps
     the variance of a layer stuck near 0.5 with a tiny spread from cancelling away in
     float32."""
-    _, flat_channel = flat_tests(module)
-    c = y.shape[1]
-    if k == 1:  # whole-tensor sums: one contiguous pass each
-        units, dims = y.reshape(1, -1), [1]
-        low, high = y.amin([0] + list(range(2, y.ndim))), y.amax([0] + list(range(2, y.ndim)))
-    else:       # per channel, then per model: the wide network is channels-last, so this is a view
-        units, dims = y.movedim(1, -1).reshape(-1, c), [0]
-        low, high = units.amin(0), units.amax(0)
-    shift = units[0, ::c // k] if k > 1 else units[:, 0]               # (k,): each model's first value
-    centred = units - (shift.repeat_interleave(c // k) if k > 1 else shift.view(1, 1))
-    count = _count_flat(units, module, dims[0])
-    sums = torch.stack([centred.sum(dims[0]), centred.square_().sum(dims[0]), count])        # (3, k or c)
-    dead = torch.count_nonzero(flat_channel(low, high).view(k, c // k), dim=1).to(y.dtype)
     if k > 1:
-        sums = sums.view(3, k, c // k).sum(2)
-    return torch.cat([shift.view(1, k), sums, dead.view(1, k)]).T.to(dtype)
+        return _wide_activation_sums(y, module, k, dtype)
+    _, flat_channel = flat_tests(module)
+    units = y.reshape(1, -1)  # whole-tensor sums: one contiguous pass each
+    per_channel = [0] + list(range(2, y.ndim))
+    shift = units[:, 0]
+    centred = units - shift.view(1, 1)
+    sums = torch.stack([centred.sum(1), centred.square_().sum(1), _count_flat(units, module)])
+    dead = torch.count_nonzero(flat_channel(y.amin(per_channel), y.amax(per_channel))).to(y.dtype)
+    return torch.cat([shift.view(1, 1), sums, dead.view(1, 1)]).T.to(dtype)
+
+
+def _wide_activation_sums(y: torch.Tensor, module: nn.Module, k: int, dtype: torch.dtype) -> torch.Tensor:
+    """:func:`_activation_sums` for K models side by side in a channels-last output, which
+    viewed as (units, channels) needs no copy. Each statistic is summed per channel by one
+    matrix product with a row of ones (on a CPU much faster than ``sum(0)`` over the rows),
+    then per model. For the activations that are flat where ``y <= 0``, a channel is dead
+    when all its units are flat, so only the sigmoid and tanh bands need each channel's
+    minimum and maximum."""
+    c, per_model = y.shape[1], y.shape[1] // k
+    units = y.movedim(1, -1).reshape(-1, c)
+    ones = torch.ones(1, len(units), dtype=y.dtype, device=y.device)
+    flat = _count_flat(units.T, module, ones.T)[:, 0]                   # (c,): flat units per channel
+    if type(module) in _BAND:
+        dead = flat_tests(module)[1](units.amin(0), units.amax(0))
+    else:
+        dead = flat == len(units)
+    shift = units[0, ::per_model]                                       # (k,): each model's first value
+    centred = units - shift.repeat_interleave(per_model)
+    sums = torch.stack([(ones @ centred)[0], (ones @ centred.square_())[0], flat])
+    dead = torch.count_nonzero(dead.view(k, per_model), dim=1).to(y.dtype)
+    return torch.cat([shift.view(1, k), sums.view(3, k, per_model).sum(2), dead.view(1, k)]).T.to(dtype)
 
 
 # Sigmoid and tanh are flat outside a band around their centre: (centre, half-width).
 _BAND = {nn.Sigmoid: (0.5, 0.49), nn.Tanh: (0.0, 0.99)}
 
 
-def _count_flat(units: torch.Tensor, module: nn.Module, dim: int) -> torch.Tensor:
-    """The number of units in the flat region along ``dim`` (:func:`flat_tests`' test),
-    counted with float arithmetic where the test allows, which a CPU does faster than
-    counting a boolean tensor."""
+def _count_flat(units: torch.Tensor, module: nn.Module, ones: torch.Tensor | None = None) -> torch.Tensor:
+    """The number of units in the flat region (:func:`flat_tests`' test) in each row of
+    ``units``, summed by ``sum(1)``, or by a matrix product with the column ``ones`` when
+    given. Counted with float arithmetic where the test allows, which a CPU does faster than
+    making and converting a boolean tensor."""
+    total = (lambda t: t @ ones) if ones is not None else (lambda t: t.sum(1))
     if type(module) is nn.ReLU:   # outputs >= 0: the flat ones are the zeros
-        return units.shape[dim] - torch.sign(units).sum(dim)
+        return units.shape[1] - total(torch.sign(units))
     if type(module) in _BAND:
         centre, half = _BAND[type(module)]
-        return (units - centre).abs_().sub_(half).clamp_(min=0).sign_().sum(dim)
+        return total((units - centre).abs_().sub_(half).clamp_(min=0).sign_())
     flat_region, _ = flat_tests(module)
-    return flat_region(units).sum(dim, dtype=torch.int32).to(units.dtype)
+    return total(flat_region(units).to(units.dtype))
 
 
 def _histogram(y: torch.Tensor, lo, hi) -> torch.Tensor:

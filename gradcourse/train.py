@@ -178,7 +178,8 @@ def train(model_config: CNNConfig | None = None, train_config: TrainConfig | Non
         keep_model: keep the trained model on ``run.model``.
         cache: read the record from the disk cache (``$GRADCOURSE_CACHE``) when this exact
             configuration already ran with this version of gradcourse, and write it there
-            otherwise. Needs ``data`` as a name or :class:`DataConfig`; ignored with ``model``,
+            otherwise. Needs ``data`` whose configuration is known (a name, a :class:`DataConfig`
+            or what :func:`~gradcourse.data.load_data` returned); ignored with ``model``,
             ``keep_model`` or ``monitor=False`` (whose record has no statistics).
         **overrides: any field of CNNConfig, TrainConfig or DataConfig, e.g. ``depth=20, lr=0.1``.
 
@@ -419,19 +420,21 @@ def per_model_accuracy_and_loss(model: nn.Module, images: torch.Tensor, labels: 
 
 
 def make_optimizer(parameters, config: TrainConfig) -> torch.optim.Optimizer:
-    """The ``torch.optim`` optimizer named by ``config.optimizer``."""
-    params, lr, wd = list(parameters), config.lr, config.weight_decay
+    """The ``torch.optim`` optimizer named by ``config.optimizer``, with ``foreach=True``:
+    one call updates all parameter tensors (PyTorch picks it by default on CUDA only; on a
+    CPU it gives the same numbers, with less overhead per tensor)."""
+    params, lr, common = list(parameters), config.lr, {"weight_decay": config.weight_decay, "foreach": True}
     if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=wd)
+        return torch.optim.SGD(params, lr=lr, **common)
     if config.optimizer == "momentum":
-        return torch.optim.SGD(params, lr=lr, momentum=config.momentum, nesterov=config.nesterov, weight_decay=wd)
+        return torch.optim.SGD(params, lr=lr, momentum=config.momentum, nesterov=config.nesterov, **common)
     if config.optimizer == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr, weight_decay=wd)
+        return torch.optim.RMSprop(params, lr=lr, **common)
     if config.optimizer == "adagrad":
-        return torch.optim.Adagrad(params, lr=lr, weight_decay=wd)
+        return torch.optim.Adagrad(params, lr=lr, **common)
     if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+        return torch.optim.Adam(params, lr=lr, **common)
+    return torch.optim.AdamW(params, lr=lr, **common)
 
 
 def make_scheduler(optimizer, config: TrainConfig):
