@@ -115,13 +115,30 @@ def plot_gradient_flow(run: Run, ax=None, title: str | None = None, vmin: float 
     return fig
 
 
-def plot_grad_norm_profile(runs, steps=(0,), ax=None, title: str | None = None):
+def plot_grad_norm_profile(runs, steps=(0,), ax=None, title: str | None = None, panels: bool = False):
     """Per-layer gradient norm against layer (input to output) at chosen steps, log y.
 
-    ``runs`` is a :class:`~gradcourse.record.Run`, a list of runs, or ``{label: run}``."""
+    ``runs`` is a :class:`~gradcourse.record.Run`, a list of runs, or ``{label: run}``; each
+    run has its own colour and marker. With ``panels=True``, one panel per step side by
+    side, sharing the y axis (``title`` goes above them), else one line style per step."""
     runs = _as_runs(runs)
+    if panels:
+        fig, axes = plt.subplots(1, len(steps), figsize=(3.5 * len(steps), 3.3), sharey=True,
+                                 layout="constrained", squeeze=False)
+        for index, (panel, step) in enumerate(zip(axes[0], steps)):
+            _profile(panel, runs, (step,), f"step {step}", legend=index == len(steps) - 1)
+            if index:
+                panel.set_ylabel("")
+        if title:
+            fig.suptitle(title, fontsize=10)
+        return fig
     fig, ax = _axes(ax)
-    ax.set_title(title or "Gradient norm by layer")
+    _profile(ax, runs, steps, title or "Gradient norm by layer")
+    return fig
+
+
+def _profile(ax, runs: dict[str, Run], steps, title: str, legend: bool = True) -> None:
+    ax.set_title(title)
     ax.set_yscale("log")
     ax.set_ylabel("gradient norm (log scale)")
     # Runs of different depths share one axis of layer names: each value is drawn at its
@@ -129,9 +146,9 @@ def plot_grad_norm_profile(runs, steps=(0,), ax=None, title: str | None = None):
     names = merged_layer_order([run.layer_names for run in runs.values()])
     position = {name: i for i, name in enumerate(names)}
     line_styles = ["-", "--", ":", "-."]
-    palette = colors(len(runs))
+    markers = ["o", "s", "^", "x", "D", "v"]
     drawn: list[tuple[str, np.ndarray, np.ndarray]] = []
-    for color, (label, run) in zip(palette, runs.items()):
+    for color, marker, (label, run) in zip(colors(len(runs)), markers * 4, runs.items()):
         for style, step in zip(line_styles * 4, steps):
             if not len(run.stat_step) or step > run.stat_step[-1]:
                 continue
@@ -142,17 +159,17 @@ def plot_grad_norm_profile(runs, steps=(0,), ax=None, title: str | None = None):
             # A series equal to one drawn before hides under it: say so in the legend.
             same = next((other for other, ox, ov in drawn if len(ox) == len(x) and np.array_equal(ox, x)
                          and np.allclose(ov, values, rtol=1e-6, equal_nan=True)), None)
-            ax.plot(x, values, style, marker="o", markersize=3, color=color,
+            ax.plot(x, values, style, marker=marker, markersize=3.5, color=color,
                     label=name + (f" (same as {same})" if same else ""))
             drawn.append((name, x, values))
     if not drawn:
         _empty(ax, "no recorded steps")
-        return fig
+        return
     label_layer_axis(ax, names)
     ax.set_xlabel("layer (input → output)")
-    legend_outside(ax)
+    if legend:
+        legend_outside(ax)
     ax.grid(True, which="major", alpha=0.3)
-    return fig
 
 
 _STAT_LABELS = {

@@ -1,6 +1,8 @@
 """Figures draw what their labels say."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -75,6 +77,22 @@ def test_grad_norm_profile_draws_no_line_across_layers_a_run_does_not_have(shall
     plt.close(fig)
     x = np.asarray(line.get_xdata(), dtype=float)
     assert np.isnan(x).sum() == 1, "one gap, between conv3 and fc"
+
+
+def test_grad_norm_profile_in_panels_draws_one_step_a_panel_with_one_legend(digits):
+    runs = {"a": gc.train(gc.CNNConfig(depth=3, width=4), SHORT, digits, device="cpu"),
+            "b": gc.train(gc.CNNConfig(depth=3, width=4), replace(SHORT, seed=1), digits, device="cpu")}
+    last = int(runs["a"].stat_step[-1])
+    fig = gc.plot_grad_norm_profile(runs, steps=(0, last), panels=True, title="two steps")
+    plt.close(fig)
+    assert [ax.get_title() for ax in fig.axes] == ["step 0", f"step {last}"]
+    assert [ax.get_legend() is not None for ax in fig.axes] == [False, True]
+    for ax, step in zip(fig.axes, (0, last)):
+        lines = ax.get_lines()
+        assert [line.get_label() for line in lines] == ["a", "b"]
+        assert lines[0].get_marker() != lines[1].get_marker(), "each run has its own marker"
+        np.testing.assert_allclose(lines[0].get_ydata(), list(runs["a"].grad_norm_at(step).values()))
+    assert fig._suptitle.get_text() == "two steps"
 
 
 def test_grad_norm_profile_says_when_a_series_hides_under_another(digits):
