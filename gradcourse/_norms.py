@@ -35,8 +35,11 @@ def float64_where_needed(sums: torch.Tensor, resum: Callable[[torch.Tensor], tor
     in float64. On Apple's MPS, which has no float64, the sums stay float32."""
     if sums.device.type == "mps":
         return sums
-    sums = sums.to(torch.float64)
     low, high = FLOAT32_EXACT
+    smallest, largest = torch.aminmax(sums)   # the common case, every sum in range, in one look
+    sums = sums.to(torch.float64)
+    if low <= float(smallest) and float(largest) <= high:
+        return sums
     outside = ~((sums >= low) & (sums <= high)).all(1)
     if bool(outside.any()):
         sums[outside] = resum(outside)

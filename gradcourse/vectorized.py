@@ -243,6 +243,7 @@ class WideModels:
         self.wide, self.k, self.clip_mode = wide, wide.k, configs[0].clip
         device = next(wide.parameters()).device
         self.lr = torch.tensor([c.lr for c in configs], device=device)
+        self.lr_values = self.lr.cpu().numpy()
         self.threshold = torch.tensor([c.clip_threshold for c in configs], device=device)
         self.momentum = torch.tensor([c.momentum if c.optimizer == "momentum" else 0.0 for c in configs],
                                      device=device)
@@ -270,7 +271,7 @@ class WideModels:
         self.wide.observe = on
 
     def learning_rates(self):
-        return self.lr.cpu().numpy()
+        return self.lr_values   # constant: train_many allows no schedule
 
     def forward_backward(self, x, y, alive) -> torch.Tensor:
         """Each model's mean cross-entropy on the batch, and its gradients in ``.grad`` (a
