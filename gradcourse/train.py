@@ -179,7 +179,7 @@ def train(model_config: CNNConfig | None = None, train_config: TrainConfig | Non
         cache: read the record from the disk cache (``$GRADCOURSE_CACHE``) when this exact
             configuration already ran with this version of gradcourse, and write it there
             otherwise. Needs ``data`` whose configuration is known (a name, a :class:`DataConfig`
-            or what :func:`~gradcourse.data.load_data` returned); ignored with ``model``,
+            or what :func:`~gradcourse.load_data` returned); ignored with ``model``,
             ``keep_model`` or ``monitor=False`` (whose record has no statistics).
         **overrides: any field of CNNConfig, TrainConfig or DataConfig, e.g. ``depth=20, lr=0.1``.
 
