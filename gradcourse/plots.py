@@ -120,24 +120,37 @@ def plot_grad_norm_profile(runs, steps=(0,), ax=None, title: str | None = None, 
 
     ``runs`` is a :class:`~gradcourse.record.Run`, a list of runs, or ``{label: run}``; each
     run has its own colour and marker. With ``panels=True``, one panel per step side by
-    side, sharing the y axis (``title`` goes above them), else one line style per step."""
+    side, sharing the y axis (``title`` goes above them), else one line style per step. A
+    series equal to one drawn before it hides under it: the legend says so."""
     runs = _as_runs(runs)
-    if panels:
-        fig, axes = plt.subplots(1, len(steps), figsize=(3.5 * len(steps), 3.3), sharey=True,
-                                 layout="constrained", squeeze=False)
-        for index, (panel, step) in enumerate(zip(axes[0], steps)):
-            _profile(panel, runs, (step,), f"step {step}", legend=index == len(steps) - 1)
-            if index:
-                panel.set_ylabel("")
-        if title:
-            fig.suptitle(title, fontsize=10)
+    if not panels:
+        fig, ax = _axes(ax)
+        hidden = _profile(ax, runs, steps, title or "Gradient norm by layer")
+        for line in ax.get_lines():
+            if hidden.get(line.get_label()):
+                line.set_label(f"{line.get_label()} (same as {hidden[line.get_label()]})")
+        legend_outside(ax)
         return fig
-    fig, ax = _axes(ax)
-    _profile(ax, runs, steps, title or "Gradient norm by layer")
+    fig, axes = plt.subplots(1, len(steps), figsize=(3.5 * len(steps), 3.3), sharey=True,
+                             layout="constrained", squeeze=False)
+    notes: dict[str, list[str]] = {}
+    for index, (panel, step) in enumerate(zip(axes[0], steps)):
+        for name, same in _profile(panel, runs, (step,), f"step {step}").items():
+            if same:
+                notes.setdefault(name, []).append(f"step {step}: same as {same}")
+        if index:
+            panel.set_ylabel("")
+    for line in axes[0][-1].get_lines():
+        if line.get_label() in notes:
+            line.set_label(f"{line.get_label()} ({'; '.join(notes[line.get_label()])})")
+    legend_outside(axes[0][-1])
+    if title:
+        fig.suptitle(title, fontsize=10)
     return fig
 
 
-def _profile(ax, runs: dict[str, Run], steps, title: str, legend: bool = True) -> None:
+def _profile(ax, runs: dict[str, Run], steps, title: str) -> dict[str, str | None]:
+    """Draw the profiles on ``ax``; for each series, the earlier one it coincides with."""
     ax.set_title(title)
     ax.set_yscale("log")
     ax.set_ylabel("gradient norm (log scale)")
@@ -145,10 +158,11 @@ def _profile(ax, runs: dict[str, Run], steps, title: str, legend: bool = True) -
     # own layer's tick (the 6-layer run's fc at fc, not at the 20-layer run's conv7).
     names = merged_layer_order([run.layer_names for run in runs.values()])
     position = {name: i for i, name in enumerate(names)}
-    line_styles = ["-", "--", ":", "-."]
-    markers = ["o", "s", "^", "x", "D", "v"]
+    # Colour, marker and (for one step) line style all tell the runs apart.
+    line_styles, markers = ["-", "--", ":", "-."], ["o", "s", "^", "x", "D", "v"]
     drawn: list[tuple[str, np.ndarray, np.ndarray]] = []
-    for color, marker, (label, run) in zip(colors(len(runs)), markers * 4, runs.items()):
+    hidden: dict[str, str | None] = {}
+    for index, (color, (label, run)) in enumerate(zip(colors(len(runs)), runs.items())):
         for style, step in zip(line_styles * 4, steps):
             if not len(run.stat_step) or step > run.stat_step[-1]:
                 continue
@@ -156,20 +170,18 @@ def _profile(ax, runs: dict[str, Run], steps, title: str, legend: bool = True) -
             x, values = _gaps_between(np.array([position[name] for name in run.layer_names], dtype=float),
                                       _positive(run.layer_grad_norm[row]))
             name = f"{label}, step {run.stat_step[row]}" if len(steps) > 1 else label
-            # A series equal to one drawn before hides under it: say so in the legend.
-            same = next((other for other, ox, ov in drawn if len(ox) == len(x) and np.array_equal(ox, x)
-                         and np.allclose(ov, values, rtol=1e-6, equal_nan=True)), None)
-            ax.plot(x, values, style, marker=marker, markersize=3.5, color=color,
-                    label=name + (f" (same as {same})" if same else ""))
+            hidden[name] = next((other for other, ox, ov in drawn if len(ox) == len(x) and np.array_equal(ox, x)
+                                 and np.allclose(ov, values, rtol=1e-6, equal_nan=True)), None)
+            ax.plot(x, values, style if len(steps) > 1 else line_styles[index % 4],
+                    marker=markers[index % len(markers)], markersize=4, color=color, label=name)
             drawn.append((name, x, values))
     if not drawn:
         _empty(ax, "no recorded steps")
-        return
+        return hidden
     label_layer_axis(ax, names)
     ax.set_xlabel("layer (input → output)")
-    if legend:
-        legend_outside(ax)
     ax.grid(True, which="major", alpha=0.3)
+    return hidden
 
 
 _STAT_LABELS = {

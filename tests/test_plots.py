@@ -87,12 +87,23 @@ def test_grad_norm_profile_in_panels_draws_one_step_a_panel_with_one_legend(digi
     plt.close(fig)
     assert [ax.get_title() for ax in fig.axes] == ["step 0", f"step {last}"]
     assert [ax.get_legend() is not None for ax in fig.axes] == [False, True]
+    assert fig.axes[1].get_legend().get_texts()[1].get_text() == "b", "b differs from a at both steps"
     for ax, step in zip(fig.axes, (0, last)):
         lines = ax.get_lines()
         assert [line.get_label() for line in lines] == ["a", "b"]
         assert lines[0].get_marker() != lines[1].get_marker(), "each run has its own marker"
         np.testing.assert_allclose(lines[0].get_ydata(), list(runs["a"].grad_norm_at(step).values()))
     assert fig._suptitle.get_text() == "two steps"
+
+
+def test_grad_norm_profile_in_panels_says_at_which_step_a_series_hides_under_another(digits):
+    same_start = {"a": gc.train(gc.CNNConfig(depth=3, width=4), SHORT, digits, device="cpu"),
+                  "b": gc.train(gc.CNNConfig(depth=3, width=4), replace(SHORT, lr=0.5), digits, device="cpu")}
+    last = int(same_start["a"].stat_step[-1])
+    fig = gc.plot_grad_norm_profile(same_start, steps=(0, last), panels=True)
+    plt.close(fig)
+    legend = [text.get_text() for text in fig.axes[1].get_legend().get_texts()]
+    assert legend == ["a", "b (step 0: same as a)"]
 
 
 def test_grad_norm_profile_says_when_a_series_hides_under_another(digits):
