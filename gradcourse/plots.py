@@ -119,9 +119,10 @@ def plot_grad_norm_profile(runs, steps=(0,), ax=None, title: str | None = None, 
     """Per-layer gradient norm against layer (input to output) at chosen steps, log y.
 
     ``runs`` is a :class:`~gradcourse.record.Run`, a list of runs, or ``{label: run}``; each
-    run has its own colour and marker. With ``panels=True``, one panel per step side by
-    side, sharing the y axis (``title`` goes above them), else one line style per step. A
-    series equal to one drawn before it hides under it: the legend says so."""
+    run has its own colour and marker, and its own line style where one step is drawn. With
+    ``panels=True``, one panel per step side by side, sharing the y axis (``title`` goes
+    above them); otherwise all steps on one axes, one line style per step. A series equal to
+    one drawn before it hides under it: the legend says so."""
     runs = _as_runs(runs)
     if not panels:
         fig, ax = _axes(ax)
