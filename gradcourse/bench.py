@@ -95,8 +95,8 @@ def sweep_speedup(repeats: int, steps: int | None = None, k: int = 8, threads: i
       nothing. No work on those can take the figure past it;
     - ``..._at_matmul_rate``: the sequential time over the time the ``k`` runs' FLOPs take
       at the rate of a large matmul with the same threads. A practical peak, not a strict
-      one: a convolution kernel can run faster than the BLAS matmul (on an AMD Zen 4 host,
-      oneDNN's grouped convolutions reached 128 GFLOP/s on one thread, MKL's matmul 100).
+      one: a convolution kernel can run faster than the BLAS matmul (BENCHMARKS.md has a
+      host where it does).
 
     The default configuration is the slider's (the live explorer's ``LIVE_MODEL`` and
     ``LIVE_TRAIN``: what a precomputed learning-rate slider sweeps); ``name`` is added to the

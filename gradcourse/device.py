@@ -77,8 +77,8 @@ def keep_freed_memory(limit_mb: int = 32) -> bool:
     the top of the heap once more than its trim threshold is free: either way the next step's
     tensors of the same size come back as new pages, and every page costs a page fault and
     a zero-fill by the operating system before the computation that asked for it can start.
-    For the 8-model sweep (2 MB activations) that was 12,000-116,000 page faults and 2-9 % of
-    the time per run.
+    A sweep of 8 models side by side, whose activations are 2 MB each, pays this at every
+    step (BENCHMARKS.md has the counts).
     This sets the mmap threshold to ``limit_mb`` MB (1 to 32, glibc's maximum on a 64-bit
     system) and the trim threshold to four times that (``mallopt``), so blocks up to that
     size stay in the process for the next step. The process's peak memory does not change,
