@@ -3,9 +3,11 @@ read from small files written here in torchvision's own formats; offline, a down
 in seconds with a message that points to the bundled digits."""
 from __future__ import annotations
 
+import gzip
 import pickle
 import struct
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +18,9 @@ from gradcourse._torchvision import import_torchvision
 from gradcourse.data import data_root
 
 N_DIGITS = 1797
+# The real MNIST test split, beside the repository in CI (../shared/data/mnist); absent in a
+# user's clone, where the test that needs it skips.
+REAL_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 
 
 # -- digits ------------------------------------------------------------------------------
@@ -294,3 +299,20 @@ def test_chapter_data_is_the_digits_and_the_steps_by_default_and_says_where_it_t
 def test_chapter_data_names_the_bad_field(field, arguments):
     with pytest.raises(gc.ConfigError, match=rf"chapter_data\.{field} = "):
         gc.chapter_data(**arguments)
+
+
+@pytest.mark.skipif(not (REAL_MNIST / "t10k-images-idx3-ubyte.gz").exists(),
+                    reason="the real MNIST test split is at ../shared/data/mnist only in CI")
+def test_a_big_chapter_validates_on_the_real_mnist_test_split(tmp_path, monkeypatch, capsys):
+    """``BIG = True`` through torchvision's own reader, on MNIST's real 10,000 test images (the
+    training split here is a small stand-in: only the test split is at hand offline)."""
+    write_mnist_like(tmp_path, "MNIST", n_train=30, n_test=10)
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (tmp_path / "MNIST" / "raw" / name).write_bytes(gzip.decompress((REAL_MNIST / f"{name}.gz").read_bytes()))
+    monkeypatch.setenv("GRADCOURSE_DATA", str(tmp_path))
+    data, steps = gc.chapter_data(True, steps=150)
+    assert data.name == "mnist" and steps == 600
+    assert data.x_val.shape == (10_000, 1, 28, 28)
+    assert data.y_val[:5].tolist() == [7, 2, 1, 0, 4]  # the file's order, as published
+    assert torch.bincount(data.y_val, minlength=10).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    assert capsys.readouterr().out.startswith("ImageData('mnist': 30 train / 10000 val, 1x28x28")
