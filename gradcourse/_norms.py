@@ -28,12 +28,18 @@ _SMALL = 1 << 16  # entries up to which accumulating in float64 directly is the 
 _MEMBERSHIP_LIMIT = 4_000_000  # entries x layers up to which packed sums are one matrix product
 
 
+def accumulation_dtype(device) -> torch.dtype:
+    """The dtype statistics are accumulated and kept in: float64, or float32 on Apple's MPS,
+    which has no float64."""
+    return torch.float32 if torch.device(device).type == "mps" else torch.float64
+
+
 def float64_where_needed(sums: torch.Tensor, resum: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """``sums``, a ``(rows, layers)`` tensor of sums of squares taken in float32, as float64,
     with every row that has a sum outside :data:`FLOAT32_EXACT` (a vanishing layer, an
     exploding one, or exactly zero) replaced by ``resum(outside)``: those rows summed again
     in float64. On Apple's MPS, which has no float64, the sums stay float32."""
-    if sums.device.type == "mps":
+    if accumulation_dtype(sums.device) != torch.float64:
         return sums
     low, high = FLOAT32_EXACT
     smallest, largest = torch.aminmax(sums)   # the common case, every sum in range, in one look
@@ -125,7 +131,7 @@ class LayerRows:
         flat = rows.reshape(-1, rows.shape[-1])
         if self.padded:  # all norms are one reduction over the slots
             slots = flat.view(len(flat), self.n_layers, self.slot)
-            if flat.numel() <= _SMALL and flat.device.type != "mps":
+            if flat.numel() <= _SMALL and accumulation_dtype(flat.device) == torch.float64:
                 return torch.linalg.vector_norm(slots, dim=2, dtype=torch.float64).view(*shape, self.n_layers)
             sums = float64_where_needed(
                 torch.linalg.vector_norm(slots, dim=2).double().square_(),

@@ -20,7 +20,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from ._norms import LayerRows, model_blocks
+from ._norms import LayerRows, accumulation_dtype, model_blocks
 from .hooks import forward_hooks
 
 ACTIVATION_STATS = ("mean", "std", "saturated", "dead")
@@ -219,7 +219,7 @@ class LayerMonitor:
         # channels; and the number of units and of channels per model.
         n_act = len(self.activations)
         self._modules = list(self.activations.values())
-        self._dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+        self._dtype = accumulation_dtype(device)
         self._raw = torch.zeros(n_act, models, 5, device=device, dtype=self._dtype)
         self._sizes = [(1, 1)] * n_act
         self.histograms = torch.zeros(n_act, HIST_BINS, device=device)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ._norms import accumulation_dtype
 from .monitor import HIST_BINS
 
 
@@ -104,9 +105,13 @@ class Run:
         row = int(np.argmin(np.abs(self.stat_step - step)))
         return dict(zip(self.layer_names, self.layer_grad_norm[row].tolist()))
 
-    def grad_norm_ratio(self, step: int = 0, first: str = "conv1", last: str = "fc") -> float:
+    def grad_norm_ratio(self, step: int | None = 0, first: str = "conv1", last: str = "fc"):
         """Gradient norm of layer ``first`` over that of ``last`` at the recorded step closest to
-        ``step``: far below 1 when gradients vanish towards the input, far above when they explode."""
+        ``step``: far below 1 when gradients vanish towards the input, far above when they explode.
+        With ``step=None``, the ratio at every recorded step (an array along ``stat_step``)."""
+        if step is None:
+            index = {name: i for i, name in enumerate(self.layer_names)}
+            return self.layer_grad_norm[:, index[first]] / self.layer_grad_norm[:, index[last]]
         norms = self.grad_norm_at(step)
         return norms[first] / norms[last]
 
@@ -170,10 +175,9 @@ class RunBuffer:
         steps = base.steps
         n_rec = -(-steps // base.record_every)
         n_act = -(-steps // base.activation_every)
-        float64 = torch.float32 if torch.device(device).type == "mps" else torch.float64
         self.per_step = torch.zeros(steps, 4, k, device=device)  # loss, grad norm before, after, clipped
         self.lr = np.zeros((steps, k))
-        self.layers = torch.zeros(n_rec, 3, k, len(layer_names), device=device, dtype=float64)
+        self.layers = torch.zeros(n_rec, 3, k, len(layer_names), device=device, dtype=accumulation_dtype(device))
         self.acts = torch.zeros(n_act, k, len(activation_names), 4, device=device)
         self.hist_steps: list[int] = []
         self.hist_counts: list = []

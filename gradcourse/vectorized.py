@@ -206,11 +206,9 @@ def train_many(model_config: CNNConfig, train_configs: list[TrainConfig], data: 
 
 def build_wide(model_config: CNNConfig, data: ImageData, k: int, seed: int) -> WideCNN:
     """``k`` copies of ``model_config``'s network as one :class:`WideCNN`, each initialized
-    exactly as :func:`gradcourse.train` initializes it with this ``seed``."""
-    models = []
-    for _ in range(k):
-        models.append(build_model(model_config, data, seed=seed))
-    return WideCNN(models)
+    exactly as :func:`gradcourse.train` initializes it with this ``seed`` (one network, built
+    once: the copies start equal)."""
+    return WideCNN([build_model(model_config, data, seed=seed)] * k)
 
 
 def passes_only(model_config: CNNConfig, train_configs: list[TrainConfig], data: ImageData) -> None:

@@ -463,6 +463,9 @@ def test_grad_norm_ratio_is_conv1_over_fc_at_the_recorded_step(digits):
     norms = run.grad_norm_at(3)
     assert run.grad_norm_ratio(3) == norms["conv1"] / norms["fc"]
     assert run.grad_norm_ratio(0, first="conv3", last="conv1") == run.grad_norm_at(0)["conv3"] / run.grad_norm_at(0)["conv1"]
+    every_step = run.grad_norm_ratio(None)
+    assert every_step.shape == run.stat_step.shape
+    assert every_step.tolist() == [run.grad_norm_ratio(int(step)) for step in run.stat_step]
 
 
 _FAULTS = """
