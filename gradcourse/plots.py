@@ -64,12 +64,22 @@ def _axes(ax, figsize=(6.4, 4.0)):
     return ax.figure, ax
 
 
-def _as_runs(runs) -> dict[str, Run]:
+def _as_runs(runs) -> dict[str, list[Run]]:
+    """``{label: [run, ...]}`` from a run, a list of runs or ``{label: run or list of runs}``
+    (a list: one run per seed, drawn in one colour)."""
     if isinstance(runs, Run):
-        return {describe_run(runs): runs}
+        return {describe_run(runs): [runs]}
     if isinstance(runs, Mapping):
-        return dict(runs)
-    return {f"run {i + 1}": run for i, run in enumerate(runs)}
+        groups = {label: [value] if isinstance(value, Run) else list(value) for label, value in runs.items()}
+        for label, group in groups.items():
+            if not group or not all(isinstance(run, Run) for run in group):
+                raise ValueError(f"runs[{label!r}] must be a Run or a non-empty list of Runs")
+        return groups
+    return {f"run {i + 1}": [run] for i, run in enumerate(runs)}
+
+
+# The other seeds of a group: the same colour, thin and faint, without a marker or a legend entry.
+_OTHER_SEEDS = {"linewidth": 0.8, "alpha": 0.45, "marker": None, "label": "_nolegend_"}
 
 
 def _positive(values) -> np.ndarray:
@@ -119,7 +129,9 @@ def plot_grad_norm_profile(runs, steps=(0,), ax=None, title: str | None = None, 
     """Per-layer gradient norm against layer (input to output) at chosen steps, log y.
 
     ``runs`` is a :class:`~gradcourse.record.Run`, a list of runs, or ``{label: run}``; each
-    run has its own colour and marker, and its own line style where one step is drawn. With
+    run has its own colour and marker, and its own line style where one step is drawn. A
+    label may hold a list of runs, one per seed: the first is drawn as one run is, the
+    others as thin, faint lines of the same colour. With
     ``panels=True``, one panel per step side by side, sharing the y axis (``title`` goes
     above them); otherwise all steps on one axes, one line style per step. A series equal to
     one drawn before it hides under it: the legend says so."""
@@ -150,32 +162,37 @@ def plot_grad_norm_profile(runs, steps=(0,), ax=None, title: str | None = None, 
     return fig
 
 
-def _profile(ax, runs: dict[str, Run], steps, title: str) -> dict[str, str | None]:
+def _profile(ax, runs: dict[str, list[Run]], steps, title: str) -> dict[str, str | None]:
     """Draw the profiles on ``ax``; for each series, the earlier one it coincides with."""
     ax.set_title(title)
     ax.set_yscale("log")
     ax.set_ylabel("gradient norm (log scale)")
     # Runs of different depths share one axis of layer names: each value is drawn at its
     # own layer's tick (the 6-layer run's fc at fc, not at the 20-layer run's conv7).
-    names = merged_layer_order([run.layer_names for run in runs.values()])
+    names = merged_layer_order([run.layer_names for group in runs.values() for run in group])
     position = {name: i for i, name in enumerate(names)}
     # Colour, marker and (for one step) line style all tell the runs apart.
     line_styles, markers = ["-", "--", ":", "-."], ["o", "s", "^", "x", "D", "v"]
     drawn: list[tuple[str, np.ndarray, np.ndarray]] = []
     hidden: dict[str, str | None] = {}
-    for index, (color, (label, run)) in enumerate(zip(colors(len(runs)), runs.items())):
+    for index, (color, (label, group)) in enumerate(zip(colors(len(runs)), runs.items())):
         for style, step in zip(line_styles * 4, steps):
-            if not len(run.stat_step) or step > run.stat_step[-1]:
-                continue
-            row = int(np.argmin(np.abs(run.stat_step - step)))
-            x, values = _gaps_between(np.array([position[name] for name in run.layer_names], dtype=float),
-                                      _positive(run.layer_grad_norm[row]))
-            name = f"{label}, step {run.stat_step[row]}" if len(steps) > 1 else label
-            hidden[name] = next((other for other, ox, ov in drawn if len(ox) == len(x) and np.array_equal(ox, x)
-                                 and np.allclose(ov, values, rtol=1e-6, equal_nan=True)), None)
-            ax.plot(x, values, style if len(steps) > 1 else line_styles[index % 4],
-                    marker=markers[index % len(markers)], markersize=4, color=color, label=name)
-            drawn.append((name, x, values))
+            style = style if len(steps) > 1 else line_styles[index % 4]
+            for seed, run in enumerate(group):
+                if not len(run.stat_step) or step > run.stat_step[-1]:
+                    continue
+                row = int(np.argmin(np.abs(run.stat_step - step)))
+                x, values = _gaps_between(np.array([position[name] for name in run.layer_names], dtype=float),
+                                          _positive(run.layer_grad_norm[row]))
+                if seed:
+                    ax.plot(x, values, style, color=color, **_OTHER_SEEDS)
+                    continue
+                name = f"{label}, step {run.stat_step[row]}" if len(steps) > 1 else label
+                hidden[name] = next((other for other, ox, ov in drawn if len(ox) == len(x)
+                                     and np.array_equal(ox, x) and np.allclose(ov, values, rtol=1e-6, equal_nan=True)),
+                                    None)
+                ax.plot(x, values, style, marker=markers[index % len(markers)], markersize=4, color=color, label=name)
+                drawn.append((name, x, values))
     if not drawn:
         _empty(ax, "no recorded steps")
         return hidden
@@ -369,8 +386,10 @@ def plot_update_ratio(run: Run, ax=None, band=UPDATE_RATIO_BAND, title: str | No
 def plot_training_curves(runs, metrics=("loss", "val_acc"), title: str | None = None, smooth: int = 1):
     """Loss (log y) and validation/training accuracy of several runs side by side.
 
-    ``runs``: a :class:`~gradcourse.record.Run`, a list, or ``{label: run}``. A run that diverged ends with an
-    ``x`` at its last finite loss and the step number in the legend."""
+    ``runs``: a :class:`~gradcourse.record.Run`, a list, or ``{label: run}``; a label may hold a
+    list of runs, one per seed, drawn in one colour (the first as one run is, the others thin
+    and faint). A run that diverged ends with an ``x`` at its last finite loss, and for the
+    first of a label with the step number in the legend."""
     runs = _as_runs(runs)
     allowed = ("loss", "val_acc", "train_acc", "val_loss", "lr", "grad_norm")
     for metric in metrics:
@@ -386,21 +405,23 @@ def plot_training_curves(runs, metrics=("loss", "val_acc"), title: str | None = 
         ax.axis("off")
     if title:
         fig.suptitle(title)
-    for color, (label, run) in zip(colors(len(runs)), runs.items()):
-        for ax, metric in zip(axes, metrics):
-            per_step = metric in ("loss", "lr", "grad_norm")
-            x = np.arange(run.steps_done) if per_step else run.eval_step
-            y = getattr(run, metric)
-            if per_step and smooth > 1 and len(y) >= smooth:
-                y = np.convolve(y, np.ones(smooth) / smooth, mode="valid")
-                x = x[smooth - 1:]
-            name = label + (f" (diverged at {run.diverged_at})" if run.diverged and ax is axes[0] else "")
-            ax.plot(x, _positive(y) if per_step else y, color=color, label=name,
-                    marker="o" if len(x) == 1 else None)
-            if run.diverged and per_step and len(y):
-                finite = np.flatnonzero(np.isfinite(y))
-                if len(finite):
-                    ax.plot(x[finite[-1]], y[finite[-1]], "x", color=color, markersize=10, markeredgewidth=2)
+    for color, (label, group) in zip(colors(len(runs)), runs.items()):
+        for seed, run in enumerate(group):
+            for ax, metric in zip(axes, metrics):
+                per_step = metric in ("loss", "lr", "grad_norm")
+                x = np.arange(run.steps_done) if per_step else run.eval_step
+                y = getattr(run, metric)
+                if per_step and smooth > 1 and len(y) >= smooth:
+                    y = np.convolve(y, np.ones(smooth) / smooth, mode="valid")
+                    x = x[smooth - 1:]
+                name = label + (f" (diverged at {run.diverged_at})" if run.diverged and ax is axes[0] else "")
+                style = _OTHER_SEEDS if seed else {"label": name, "marker": "o" if len(x) == 1 else None}
+                ax.plot(x, _positive(y) if per_step else y, color=color, **style)
+                if run.diverged and per_step and len(y):
+                    finite = np.flatnonzero(np.isfinite(y))
+                    if len(finite):
+                        ax.plot(x[finite[-1]], y[finite[-1]], "x", color=color, markersize=10 if not seed else 6,
+                                markeredgewidth=2 if not seed else 1)
     for ax, metric in zip(axes, metrics):
         ax.set_xlabel("training step")
         ax.set_ylabel({"loss": "training loss (log scale)", "val_acc": "validation accuracy",

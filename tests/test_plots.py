@@ -113,3 +113,37 @@ def test_grad_norm_profile_says_when_a_series_hides_under_another(digits):
     plt.close(fig)
     assert labels == ["first", "second (same as first)"]
 
+
+
+@pytest.fixture(scope="module")
+def three_seeds(digits):
+    return [gc.train(gc.CNNConfig(depth=3, width=4), replace(SHORT, seed=seed), digits, device="cpu")
+            for seed in (0, 1, 2)]
+
+
+def test_grad_norm_profile_draws_every_seed_of_a_label_in_its_colour_with_one_legend_entry(three_seeds):
+    fig = gc.plot_grad_norm_profile({"three seeds": three_seeds})
+    plt.close(fig)
+    lines = fig.axes[0].get_lines()
+    assert len(lines) == 3
+    assert len({line.get_color() for line in lines}) == 1
+    assert [text.get_text() for text in fig.axes[0].get_legend().get_texts()] == ["three seeds"]
+    for line, run in zip(lines, three_seeds):
+        np.testing.assert_allclose(line.get_ydata(), list(run.grad_norm_at(0).values()))
+    assert lines[1].get_linewidth() < lines[0].get_linewidth(), "the other seeds are drawn thin"
+
+
+def test_training_curves_draw_every_seed_of_a_label_with_one_legend_entry(three_seeds):
+    fig = gc.plot_training_curves({"three seeds": three_seeds, "one": three_seeds[0]})
+    plt.close(fig)
+    loss = fig.axes[0].get_lines()
+    assert len(loss) == 4
+    for line, run in zip(loss, three_seeds):
+        np.testing.assert_allclose(line.get_ydata(), run.loss)
+    assert [text.get_text() for text in fig.legends[0].get_texts()] == ["three seeds", "one"]
+
+
+@pytest.mark.parametrize("value", [[], ["not a run"]])
+def test_a_label_without_runs_is_refused_by_name(three_seeds, value):
+    with pytest.raises(ValueError, match=r"runs\['empty'\] must be a Run or a non-empty list of Runs"):
+        gc.plot_training_curves({"empty": value})
