@@ -415,8 +415,9 @@ def plot_training_curves(runs, metrics=("loss", "val_acc"), title: str | None = 
                     y = np.convolve(y, np.ones(smooth) / smooth, mode="valid")
                     x = x[smooth - 1:]
                 name = label + (f" (diverged at {run.diverged_at})" if run.diverged and ax is axes[0] else "")
-                style = _OTHER_SEEDS if seed else {"label": name, "marker": "o" if len(x) == 1 else None}
-                ax.plot(x, _positive(y) if per_step else y, color=color, **style)
+                style = _OTHER_SEEDS if seed else {"label": name}
+                ax.plot(x, _positive(y) if per_step else y, color=color,
+                        **{**style, "marker": "o" if len(x) == 1 else None})
                 if run.diverged and per_step and len(y):
                     finite = np.flatnonzero(np.isfinite(y))
                     if len(finite):
