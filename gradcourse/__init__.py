@@ -23,7 +23,7 @@ from .live_sliders import live_explorer
 from .models import CNN, CNNConfig, build_model
 from .monitor import LayerMonitor, backward_signal, jacobian_singular_values
 from .range_test import lr_range_test
-from .record import Run
+from .record import Run, seed_range
 from .static_sliders import static_explorer, sweep_explorer
 from .sweeps import sweep
 from .train import TrainConfig, accuracy_and_loss, apply_max_norm, train
@@ -51,9 +51,9 @@ def __dir__():
 
 __all__ = [
     # configuration and data
-    "CNNConfig", "TrainConfig", "DataConfig", "load_data", "chapter_data", "available_offline",
-    # models, training, the run record
-    "build_model", "train", "sweep", "lr_range_test", "accuracy_and_loss",
+    "CNNConfig", "TrainConfig", "DataConfig", "load_data", "chapter_data",
+    # models, training, the run record and its 3-seed summary
+    "build_model", "train", "sweep", "lr_range_test", "accuracy_and_loss", "seed_range",
     # measuring
     "LayerMonitor", "backward_signal", "jacobian_singular_values",
     # remedies the course teaches with its own helpers

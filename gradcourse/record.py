@@ -160,6 +160,20 @@ class Run:
             return pickle.load(handle)
 
 
+def seed_range(values, fmt: str = ".2g") -> str:
+    """``"smallest to largest"`` of one measurement over seeds (or any values), each written
+    with the format spec ``fmt``: ``seed_range([0.91, 0.97, 0.94], ".2f")`` is
+    ``"0.91 to 0.97"``. The chapters report a 3-seed result this way."""
+    values = np.asarray(values, dtype=float).ravel()
+    if values.size == 0:
+        raise ValueError("seed_range: values is empty; give one value per seed")
+    try:
+        return f"{values.min():{fmt}} to {values.max():{fmt}}"
+    except ValueError:
+        raise ValueError(f"seed_range: fmt = {fmt!r} is not a format spec for a float "
+                         "(allowed: e.g. '.2f', '.2g', '.0e')") from None
+
+
 class RunBuffer:
     """What a training loop measures while ``k`` models train side by side (``k = 1`` for
     :func:`gradcourse.train`), kept on the training device until the run ends (a GPU run

@@ -507,3 +507,18 @@ def test_the_cache_key_changes_with_the_code_and_not_with_its_docstrings_or_comm
     assert code(documented) == code('def f(x):\n    """Double x."""\n    return 2 * x\n')
     assert code(documented) != code('def f(x):\n    """Twice x."""\n    return 3 * x\n')
     assert code('class A:\n    "A class."\n') == code('class A:\n    pass\n')
+
+
+def test_seed_range_writes_the_smallest_and_largest_value_over_seeds():
+    assert gc.seed_range([0.94, 0.91, 0.97], ".2f") == "0.91 to 0.97"
+    assert gc.seed_range(np.array([[3e-6, 1e-6], [2e-6, 9e-7]]), ".0e") == "9e-07 to 3e-06"
+    assert gc.seed_range([2.0]) == "2 to 2"
+
+
+@pytest.mark.parametrize("values, fmt, message", [
+    ([], ".2f", "values is empty"),
+    ([1.0, 2.0], "d", "fmt = 'd' is not a format spec for a float"),
+])
+def test_seed_range_refuses_what_it_cannot_write(values, fmt, message):
+    with pytest.raises(ValueError, match=message):
+        gc.seed_range(values, fmt)
