@@ -82,6 +82,18 @@ def _as_runs(runs) -> dict[str, list[Run]]:
 _OTHER_SEEDS = {"linewidth": 0.8, "alpha": 0.45, "marker": None, "label": "_nolegend_"}
 
 
+def running_mean(values, window: int) -> np.ndarray:
+    """Running mean of ``values`` over ``window`` consecutive entries (a noisy per-step
+    series, such as the loss of each batch, made readable): ``len(values) - window + 1``
+    values, the first at index ``window - 1``. ``window = 1`` returns the values."""
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"running_mean: window = {window!r} is not allowed; give a whole number >= 1")
+    values = np.asarray(values, dtype=float)
+    if window > len(values):
+        raise ValueError(f"running_mean: window = {window} is longer than the {len(values)} values")
+    return np.convolve(values, np.ones(window) / window, mode="valid")
+
+
 def _positive(values) -> np.ndarray:
     """Values for a log axis: non-finite and non-positive entries become NaN (gaps)."""
     values = np.asarray(values, dtype=float).copy()
@@ -412,8 +424,7 @@ def plot_training_curves(runs, metrics=("loss", "val_acc"), title: str | None = 
                 x = np.arange(run.steps_done) if per_step else run.eval_step
                 y = getattr(run, metric)
                 if per_step and smooth > 1 and len(y) >= smooth:
-                    y = np.convolve(y, np.ones(smooth) / smooth, mode="valid")
-                    x = x[smooth - 1:]
+                    y, x = running_mean(y, smooth), x[smooth - 1:]
                 name = label + (f" (diverged at {run.diverged_at})" if run.diverged and ax is axes[0] else "")
                 style = _OTHER_SEEDS if seed else {"label": name}
                 ax.plot(x, _positive(y) if per_step else y, color=color,

@@ -125,6 +125,17 @@ class Run:
         device = "" if self.device == "cpu" else f" on {self.device}"
         return f"finished {self.steps_done} steps: loss {loss}, val acc {self.final_val_acc:.3f}{clipped}{device}"
 
+    def end_loss(self, last: int = 20) -> float:
+        """The training loss at the end of the run: the mean over its last ``last`` steps
+        (all of them in a shorter run). One batch's loss is noisy; this is the number the
+        chapters compare, e.g. with ln 10, the loss of a network that has learned nothing
+        about 10 classes."""
+        if isinstance(last, bool) or not isinstance(last, int) or last < 1:
+            raise ValueError(f"end_loss: last = {last!r} is not allowed; give a whole number of steps >= 1")
+        if self.steps_done == 0:
+            raise ValueError("end_loss: the run recorded no step")
+        return float(np.mean(self.loss[-last:]))
+
     def outcome(self) -> str:
         """How the run ended, for a table of runs: ``diverged at step N``, or the final
         validation accuracy to two decimals."""

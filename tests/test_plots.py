@@ -147,3 +147,14 @@ def test_training_curves_draw_every_seed_of_a_label_with_one_legend_entry(three_
 def test_a_label_without_runs_is_refused_by_name(three_seeds, value):
     with pytest.raises(ValueError, match=r"runs\['empty'\] must be a Run or a non-empty list of Runs"):
         gc.plot_training_curves({"empty": value})
+
+
+def test_running_mean_averages_each_window_and_refuses_a_window_it_cannot_use():
+    from gradcourse.plots import running_mean
+
+    np.testing.assert_allclose(running_mean([1.0, 2.0, 3.0, 4.0], 2), [1.5, 2.5, 3.5])
+    np.testing.assert_allclose(running_mean([1.0, 2.0], 1), [1.0, 2.0])
+    with pytest.raises(ValueError, match="running_mean: window = 0 is not allowed"):
+        running_mean([1.0], 0)
+    with pytest.raises(ValueError, match="running_mean: window = 3 is longer than the 2 values"):
+        running_mean([1.0, 2.0], 3)

@@ -522,3 +522,14 @@ def test_seed_range_writes_the_smallest_and_largest_value_over_seeds():
 def test_seed_range_refuses_what_it_cannot_write(values, fmt, message):
     with pytest.raises(ValueError, match=message):
         gc.seed_range(values, fmt)
+
+
+def test_end_loss_is_the_mean_training_loss_of_the_last_steps(digits):
+    run = gc.train(gc.CNNConfig(depth=2, width=4), gc.TrainConfig(steps=30, eval_every=30), digits,
+                   device="cpu", progress=False)
+    assert run.end_loss() == pytest.approx(run.loss[-20:].mean())
+    assert run.end_loss(5) == pytest.approx(run.loss[25:].mean())
+    assert run.end_loss(100) == pytest.approx(run.loss.mean()), "a shorter run: all its steps"
+    for last in (0, 2.5, True):
+        with pytest.raises(ValueError, match=f"end_loss: last = {last!r} is not allowed"):
+            run.end_loss(last)
