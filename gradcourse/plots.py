@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import numbers
 from typing import Mapping
 
 import numpy as np
@@ -70,11 +71,19 @@ def _as_runs(runs) -> dict[str, list[Run]]:
     if isinstance(runs, Run):
         return {describe_run(runs): [runs]}
     if isinstance(runs, Mapping):
-        groups = {label: [value] if isinstance(value, Run) else list(value) for label, value in runs.items()}
-        for label, group in groups.items():
+        groups = {}
+        for label, value in runs.items():
+            group = [value] if isinstance(value, Run) else list(value) if isinstance(value, (list, tuple)) else None
             if not group or not all(isinstance(run, Run) for run in group):
-                raise ValueError(f"runs[{label!r}] must be a Run or a non-empty list of Runs")
+                raise ValueError(f"runs[{label!r}] is {type(value).__name__} {value!r:.60}; allowed: a Run "
+                                 "or a non-empty list of Runs (one per seed)")
+            groups[label] = group
         return groups
+    runs = list(runs)
+    for index, run in enumerate(runs):
+        if not isinstance(run, Run):
+            raise ValueError(f"runs[{index}] is {type(run).__name__} {run!r:.60}; allowed: a Run "
+                             "(or pass {label: [runs]} to draw several seeds in one colour)")
     return {f"run {i + 1}": [run] for i, run in enumerate(runs)}
 
 
@@ -86,8 +95,9 @@ def running_mean(values, window: int) -> np.ndarray:
     """Running mean of ``values`` over ``window`` consecutive entries (a noisy per-step
     series, such as the loss of each batch, made readable): ``len(values) - window + 1``
     values, the first at index ``window - 1``. ``window = 1`` returns the values."""
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+    if isinstance(window, bool) or not isinstance(window, numbers.Integral) or window < 1:
         raise ValueError(f"running_mean: window = {window!r} is not allowed; give a whole number >= 1")
+    window = int(window)
     values = np.asarray(values, dtype=float)
     if window > len(values):
         raise ValueError(f"running_mean: window = {window} is longer than the {len(values)} values")

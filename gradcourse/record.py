@@ -1,6 +1,7 @@
 """The record of one training run: numbers only, small enough to keep thousands of steps."""
 from __future__ import annotations
 
+import numbers
 import os
 import pickle
 import threading
@@ -130,11 +131,11 @@ class Run:
         (all of them in a shorter run). One batch's loss is noisy; this is the number the
         chapters compare, e.g. with ln 10, the loss of a network that has learned nothing
         about 10 classes."""
-        if isinstance(last, bool) or not isinstance(last, int) or last < 1:
+        if isinstance(last, bool) or not isinstance(last, numbers.Integral) or last < 1:
             raise ValueError(f"end_loss: last = {last!r} is not allowed; give a whole number of steps >= 1")
         if self.steps_done == 0:
             raise ValueError("end_loss: the run recorded no step")
-        return float(np.mean(self.loss[-last:]))
+        return float(np.mean(self.loss[-int(last):]))
 
     def outcome(self) -> str:
         """How the run ended, for a table of runs: ``diverged at step N``, or the final
@@ -178,6 +179,9 @@ def seed_range(values, fmt: str = ".2g") -> str:
     values = np.asarray(values, dtype=float).ravel()
     if values.size == 0:
         raise ValueError("seed_range: values is empty; give one value per seed")
+    if np.isnan(values).any():
+        raise ValueError(f"seed_range: values = {values.tolist()!r:.80} hold NaN (a diverged run?); "
+                         "allowed: numbers, +-inf included")
     try:
         return f"{values.min():{fmt}} to {values.max():{fmt}}"
     except ValueError:

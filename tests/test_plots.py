@@ -143,10 +143,15 @@ def test_training_curves_draw_every_seed_of_a_label_with_one_legend_entry(three_
     assert [text.get_text() for text in fig.legends[0].get_texts()] == ["three seeds", "one"]
 
 
-@pytest.mark.parametrize("value", [[], ["not a run"]])
+@pytest.mark.parametrize("value", [[], ["not a run"], 5, None])
 def test_a_label_without_runs_is_refused_by_name(three_seeds, value):
-    with pytest.raises(ValueError, match=r"runs\['empty'\] must be a Run or a non-empty list of Runs"):
+    with pytest.raises(ValueError, match=r"runs\['empty'\] is .*; allowed: a Run or a non-empty list of Runs"):
         gc.plot_training_curves({"empty": value})
+
+
+def test_a_list_of_runs_with_something_else_in_it_is_refused_by_position(three_seeds):
+    with pytest.raises(ValueError, match=r"runs\[1\] is list .*; allowed: a Run"):
+        gc.plot_grad_norm_profile([three_seeds[0], three_seeds[1:]])
 
 
 def test_running_mean_averages_each_window_and_refuses_a_window_it_cannot_use():
@@ -154,6 +159,7 @@ def test_running_mean_averages_each_window_and_refuses_a_window_it_cannot_use():
 
     np.testing.assert_allclose(running_mean([1.0, 2.0, 3.0, 4.0], 2), [1.5, 2.5, 3.5])
     np.testing.assert_allclose(running_mean([1.0, 2.0], 1), [1.0, 2.0])
+    np.testing.assert_allclose(running_mean(np.arange(4.0), np.int64(4)), [1.5])
     with pytest.raises(ValueError, match="running_mean: window = 0 is not allowed"):
         running_mean([1.0], 0)
     with pytest.raises(ValueError, match="running_mean: window = 3 is longer than the 2 values"):

@@ -518,6 +518,7 @@ def test_seed_range_writes_the_smallest_and_largest_value_over_seeds():
 @pytest.mark.parametrize("values, fmt, message", [
     ([], ".2f", "values is empty"),
     ([1.0, 2.0], "d", "fmt = 'd' is not a format spec for a float"),
+    ([0.9, float("nan")], ".2f", r"values = \[0.9, nan\] hold NaN \(a diverged run\?\)"),
 ])
 def test_seed_range_refuses_what_it_cannot_write(values, fmt, message):
     with pytest.raises(ValueError, match=message):
@@ -530,6 +531,7 @@ def test_end_loss_is_the_mean_training_loss_of_the_last_steps(digits):
     assert run.end_loss() == pytest.approx(run.loss[-20:].mean())
     assert run.end_loss(5) == pytest.approx(run.loss[25:].mean())
     assert run.end_loss(100) == pytest.approx(run.loss.mean()), "a shorter run: all its steps"
+    assert run.end_loss(np.int64(5)) == run.end_loss(5)
     for last in (0, 2.5, True):
         with pytest.raises(ValueError, match=f"end_loss: last = {last!r} is not allowed"):
             run.end_loss(last)
