@@ -87,8 +87,9 @@ def _as_runs(runs) -> dict[str, list[Run]]:
     return {f"run {i + 1}": [run] for i, run in enumerate(runs)}
 
 
-# The other seeds of a group: the same colour, thin and faint, without a marker or a legend entry.
-_OTHER_SEEDS = {"linewidth": 0.8, "alpha": 0.45, "marker": None, "label": "_nolegend_"}
+# How every figure draws the seeds after the first of a comparison: in the first one's
+# colour, thin and faint, without a marker or a legend entry (``ax.plot(..., **OTHER_SEEDS)``).
+OTHER_SEEDS = {"linewidth": 0.8, "alpha": 0.45, "marker": None, "label": "_nolegend_"}
 
 
 def running_mean(values, window: int) -> np.ndarray:
@@ -207,7 +208,7 @@ def _profile(ax, runs: dict[str, list[Run]], steps, title: str) -> dict[str, str
                 x, values = _gaps_between(np.array([position[name] for name in run.layer_names], dtype=float),
                                           _positive(run.layer_grad_norm[row]))
                 if seed:
-                    ax.plot(x, values, style, color=color, **_OTHER_SEEDS)
+                    ax.plot(x, values, style, color=color, **OTHER_SEEDS)
                     continue
                 name = f"{label}, step {run.stat_step[row]}" if len(steps) > 1 else label
                 hidden[name] = next((other for other, ox, ov in drawn if len(ox) == len(x)
@@ -436,7 +437,7 @@ def plot_training_curves(runs, metrics=("loss", "val_acc"), title: str | None = 
                 if per_step and smooth > 1 and len(y) >= smooth:
                     y, x = running_mean(y, smooth), x[smooth - 1:]
                 name = label + (f" (diverged at {run.diverged_at})" if run.diverged and ax is axes[0] else "")
-                style = _OTHER_SEEDS if seed else {"label": name}
+                style = OTHER_SEEDS if seed else {"label": name}
                 ax.plot(x, _positive(y) if per_step else y, color=color,
                         **{**style, "marker": "o" if len(x) == 1 else None})
                 if run.diverged and per_step and len(y):
