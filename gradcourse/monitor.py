@@ -276,14 +276,15 @@ class LayerMonitor:
                 self._histogram(index, y)
 
     def _histogram(self, index: int, y: torch.Tensor) -> None:
-        # The range is fitted to the values this layer produced at this step (not fixed,
-        # e.g. for ReLU), so a sigmoid layer stuck near 0.5 is still resolved.
-        lo = y.min()
-        hi = torch.maximum(y.max(), lo + 1e-6)
         # Counted on the first examples of the batch (HIST_SAMPLE values at most): the
-        # figure shows fractions, and the full batch costs 4x more per step.
+        # figure shows fractions, and the full batch costs 4x more per step. The range is
+        # fitted to the values counted (not fixed, e.g. for ReLU), so a sigmoid layer stuck
+        # near 0.5 is still resolved.
         per_example = max(1, y.numel() // max(1, len(y)))
-        self.histograms[index] = _histogram(y[:max(1, HIST_SAMPLE // per_example)], lo, hi)
+        sample = y[:max(1, HIST_SAMPLE // per_example)]
+        lo, hi = torch.aminmax(sample)
+        hi = torch.maximum(hi, lo + 1e-6)
+        self.histograms[index] = _histogram(sample, lo, hi)
         self.histogram_ranges[index] = torch.stack([lo, hi])
 
     @property
@@ -321,6 +322,14 @@ class LayerMonitor:
         self._rows.fill(self._weight_blocks(), out=self._buffer[1])
         self._stepping = True
 
+    def total_grad_norm(self) -> torch.Tensor:
+        """The norm of all gradients :meth:`begin_step` copied, together, as ``(models,)``
+        (summed in float32, as ``clip_grad_norm_`` sums it): a loop that monitors every
+        parameter needs no second pass over the gradients for clipping."""
+        if not self._stepping:
+            raise RuntimeError("call begin_step() after backward() first")
+        return torch.linalg.vector_norm(self._buffer[0], dim=1)
+
     @torch.inference_mode()
     def end_step(self) -> LayerStats:
         """Call after the optimizer step: the step's :class:`~gradcourse.monitor.LayerStats`, all layers' norms
@@ -356,14 +365,15 @@ def _activation_sums(y: torch.Tensor, module: nn.Module, k: int, dtype: torch.dt
     float32."""
     if k > 1:
         return _wide_activation_sums(y, module, k, dtype)
-    _, flat_channel = flat_tests(module)
-    units = y.reshape(1, -1)  # whole-tensor sums: one contiguous pass each
+    units = y.reshape(-1)  # whole-tensor sums: one contiguous pass each
+    shift = units[0]
+    centred = units - shift
+    flat = _count_flat(units.view(1, -1), module)[0]
     per_channel = [0] + list(range(2, y.ndim))
-    shift = units[:, 0]
-    centred = units - shift.view(1, 1)
-    sums = torch.stack([centred.sum(1), centred.square_().sum(1), _count_flat(units, module)])
-    dead = torch.count_nonzero(flat_channel(y.amin(per_channel), y.amax(per_channel))).to(y.dtype)
-    return torch.cat([shift.view(1, 1), sums, dead.view(1, 1)]).T.to(dtype)
+    # Only sigmoid and tanh are flat at both ends; the other tests read the maximum alone.
+    low = y.amin(per_channel) if type(module) in _BAND else None
+    dead = flat_tests(module)[1](low, y.amax(per_channel)).sum(dtype=y.dtype)
+    return torch.stack([shift, centred.sum(), centred @ centred, flat, dead]).to(dtype).view(1, 5)
 
 
 def _wide_activation_sums(y: torch.Tensor, module: nn.Module, k: int, dtype: torch.dtype) -> torch.Tensor:

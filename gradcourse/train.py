@@ -347,6 +347,10 @@ class OneModel:
         self.agc_params = [p for name, p in model.named_parameters()
                            if p.requires_grad and not name.startswith("fc.")]
         self.constrained = [p for p in self.params if p.ndim >= 2]
+        # When the monitor copies every trainable gradient (once), clipping takes its total norm.
+        watched = [id(p) for p in monitor.params]
+        self.monitor_has_all = sorted(watched) == sorted(id(p) for p in self.params)
+        self.recording = False
 
     def train(self, mode: bool) -> None:
         self.model.train(mode)
@@ -366,13 +370,16 @@ class OneModel:
     def begin_record(self) -> None:
         """Per-layer norms are wanted this step: the monitor copies the raw gradients."""
         self.monitor.begin_step()
+        self.recording = True
 
     def end_record(self) -> torch.Tensor:
+        self.recording = False
         return self.monitor.end_step().norms
 
     def clip(self):
+        total = self.monitor.total_grad_norm()[0] if self.recording and self.monitor_has_all else None
         before, after, fired = clip_gradients(self.params, self.config.clip, self.config.clip_threshold,
-                                              self.agc_params)
+                                              self.agc_params, total_norm=total)
         return before.view(1), after.view(1), fired.view(1)
 
     def step(self, alive) -> None:

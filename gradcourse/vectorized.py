@@ -254,9 +254,11 @@ class WideModels:
                               [index for index, group in enumerate(groups) for _ in group], len(groups), self.k)
         self.weights = [model_blocks(p.detach(), self.k) for p in self.params]   # (K, n) views, made once
         first = self.params[0]
-        self.grads, self.buffers = self.rows.new(1, first)[0].zero_(), self.rows.new(1, first)[0].zero_()
-        self.recorded = self.rows.new(2, first).zero_()   # the weights before the step, the update
-        self.updates = self.recorded[1]
+        # The rows the records are read from: the gradients, the weights before the step and
+        # the update. The momentum buffers are rows too.
+        self.table = self.rows.new(3, first).zero_()
+        self.grads, self.recorded, self.updates = self.table[0], self.table[1:], self.table[2]
+        self.buffers = self.rows.new(1, first)[0].zero_()
         self.update_parts = [self.updates[:, columns] for columns in self.rows.columns]
         self.recording = False
         self.grad_norms: torch.Tensor | None = None
@@ -289,7 +291,7 @@ class WideModels:
     @torch.no_grad()
     def clip(self):
         grads = self.rows.fill([model_blocks(p.grad, self.k) for p in self.params], out=self.grads)
-        if self.recording:   # per-layer norms of the raw gradients
+        if self.recording and self.clip_mode != "none":   # the raw gradients' norms, before clipping
             self.grad_norms = self.rows.norms(grads)
         before = torch.linalg.vector_norm(grads, dim=1)   # in float32, as clip_grad_norm_ sums it
         fired = clip_rows_(grads, before, self.clip_mode, self.threshold)
@@ -313,8 +315,11 @@ class WideModels:
         """``(3, K, named layers)``: norms of the gradient, the weights before the step and
         the update, as :meth:`gradcourse.LayerMonitor.end_step` gives them."""
         self.recording = False
-        weights, updates = self.rows.norms(self.recorded)
-        return torch.stack([self.grad_norms, weights, updates])[:, :, :self.named_layers]
+        if self.clip_mode == "none":   # the gradients are still the raw ones: one reduction for all
+            norms = self.rows.norms(self.table)
+        else:
+            norms = torch.cat([self.grad_norms.unsqueeze(0), self.rows.norms(self.recorded)])
+        return norms[:, :, :self.named_layers]
 
     def schedule(self, val_loss) -> None:
         """(Constant learning rates only.)"""

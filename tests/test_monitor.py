@@ -278,7 +278,7 @@ def test_end_step_without_begin_step_raises_a_helpful_error():
         monitor.end_step()
 
 
-def test_histograms_of_a_large_batch_count_whole_examples_up_to_the_sample_size(digits):
+def test_histograms_of_a_large_batch_count_whole_examples_up_to_the_sample_size_over_their_range(digits):
     from gradcourse.monitor import HIST_SAMPLE
 
     model = gc.build_model(gc.CNNConfig(depth=1, width=16), digits)
@@ -292,9 +292,10 @@ def test_histograms_of_a_large_batch_count_whole_examples_up_to_the_sample_size(
     counted = (HIST_SAMPLE // per_example) * per_example
     assert 0 < counted < 64 * per_example
     assert monitor.histograms[0].sum().item() == counted
-    lo, hi = float(outputs[0].min()), float(outputs[0].max())  # the range still covers the whole batch
+    sample = outputs[0][:HIST_SAMPLE // per_example]
+    lo, hi = float(sample.min()), float(sample.max())  # the range of the values counted
     assert monitor.histogram_ranges[0].tolist() == pytest.approx([lo, hi])
-    expected = torch.histc(outputs[0][:HIST_SAMPLE // per_example], gc.monitor.HIST_BINS, lo, hi)
+    expected = torch.histc(sample, gc.monitor.HIST_BINS, lo, hi)
     assert torch.equal(monitor.histograms[0], expected)
 
 
@@ -388,4 +389,15 @@ def test_the_monitor_computes_the_textbook_statistics(digits, activation):
         expected = gc.monitor.activation_statistics(outputs[name], module)
         assert monitor.activation_stats[index].tolist() == pytest.approx(
             [expected[k] for k in ("mean", "std", "saturated", "dead")], rel=1e-3, abs=1e-6), name
+
+
+def test_total_grad_norm_is_the_norm_of_every_copied_gradient(digits):
+    model = gc.build_model(gc.CNNConfig(depth=3, width=4), digits)
+    monitor = gc.LayerMonitor(model)
+    with pytest.raises(RuntimeError, match="begin_step"):
+        monitor.total_grad_norm()
+    torch.nn.functional.cross_entropy(model(digits.x_train[:16]), digits.y_train[:16]).backward()
+    monitor.begin_step()
+    expected = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()])
+    assert monitor.total_grad_norm().tolist() == pytest.approx([float(expected)], rel=1e-6)
 
