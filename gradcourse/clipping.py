@@ -55,27 +55,20 @@ def adaptive_clip_grad_(parameters: Iterable[nn.Parameter], clip_factor: float, 
 
 
 def clip_gradients(parameters: list[nn.Parameter], mode: str, threshold: float,
-                   agc_parameters: list[nn.Parameter] | None = None, total_norm: torch.Tensor | None = None):
+                   agc_parameters: list[nn.Parameter] | None = None):
     """Clip gradients in place by ``mode``; return ``(norm_before, norm_after, fired)`` as tensors.
 
     ``mode``: ``none``, ``norm`` (``clip_grad_norm_`` to total norm ``threshold``),
     ``value`` (``clip_grad_value_`` to ``[-threshold, threshold]``) or ``agc``
     (:func:`adaptive_clip_grad_` with ``clip_factor=threshold`` on ``agc_parameters``).
-    ``total_norm``: the gradients' total norm when the caller has it already (the training
-    loop's monitor does); ``norm`` then clips with ``clip_grads_with_norm_``, the second
-    half of ``clip_grad_norm_``, instead of summing the squares again.
     """
     if mode not in CLIP_MODES:
         raise ValueError(f"clip mode = {mode!r} is not allowed; choose one of: {', '.join(CLIP_MODES)}")
     if mode == "norm":
-        if total_norm is None:
-            before = torch.nn.utils.clip_grad_norm_(parameters, threshold)
-        else:
-            before = total_norm
-            torch.nn.utils.clip_grads_with_norm_(parameters, threshold, before)
+        before = torch.nn.utils.clip_grad_norm_(parameters, threshold)
         fired = before > threshold
     else:
-        before = total_grad_norm(parameters) if total_norm is None else total_norm
+        before = total_grad_norm(parameters)
         if mode == "none":
             return before, before, torch.zeros((), dtype=torch.bool, device=before.device)
         if mode == "value":

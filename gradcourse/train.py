@@ -347,9 +347,11 @@ class OneModel:
         self.agc_params = [p for name, p in model.named_parameters()
                            if p.requires_grad and not name.startswith("fc.")]
         self.constrained = [p for p in self.params if p.ndim >= 2]
-        # When the monitor copies every trainable gradient (once), clipping takes its total norm.
+        # Without clipping, the total norm is only reported: when the monitor copies every
+        # trainable gradient (once), it is the norm of that copy. (Clipping uses
+        # clip_grad_norm_'s own sum, so a run clips exactly as PyTorch does.)
         watched = [id(p) for p in monitor.params]
-        self.monitor_has_all = sorted(watched) == sorted(id(p) for p in self.params)
+        self.norm_from_monitor = config.clip == "none" and sorted(watched) == sorted(id(p) for p in self.params)
         self.recording = False
 
     def train(self, mode: bool) -> None:
@@ -377,9 +379,11 @@ class OneModel:
         return self.monitor.end_step().norms
 
     def clip(self):
-        total = self.monitor.total_grad_norm()[0] if self.recording and self.monitor_has_all else None
+        if self.recording and self.norm_from_monitor:
+            norm = self.monitor.total_grad_norm()
+            return norm, norm, torch.zeros(1, dtype=torch.bool, device=norm.device)
         before, after, fired = clip_gradients(self.params, self.config.clip, self.config.clip_threshold,
-                                              self.agc_params, total_norm=total)
+                                              self.agc_params)
         return before.view(1), after.view(1), fired.view(1)
 
     def step(self, alive) -> None:

@@ -91,25 +91,6 @@ def test_clip_by_norm_returns_what_clip_grad_norm_returns(params, threshold):
     assert torch.equal(flat_grads(params), flat_grads(reference))
 
 
-@SETTINGS
-@given(parameters_with_grads(), thresholds)
-def test_clip_by_norm_with_a_known_total_norm_clips_as_clip_grad_norm_does(params, threshold):
-    reference = copies(params)
-    expected_before = torch.nn.utils.clip_grad_norm_(reference, threshold)
-    before, _, fired = gc.clip_gradients(params, "norm", threshold, total_norm=expected_before.clone())
-    assert torch.equal(before, expected_before)
-    assert bool(fired) == bool(expected_before > threshold)
-    assert torch.equal(flat_grads(params), flat_grads(reference))
-
-
-def test_no_clipping_with_a_known_total_norm_returns_it_and_leaves_the_gradients():
-    p = nn.Parameter(torch.ones(4))
-    p.grad = torch.full((4,), 2.0)
-    before, after, fired = gc.clip_gradients([p], "none", 1.0, total_norm=torch.tensor(4.0))
-    assert float(before) == float(after) == 4.0 and not bool(fired)
-    assert torch.equal(p.grad, torch.full((4,), 2.0))
-
-
 # -- by value -----------------------------------------------------------------------------
 
 @SETTINGS
