@@ -32,8 +32,9 @@ class Run:
     Periodically (``eval_step``): ``train_acc``, ``val_acc``, ``val_loss``.
 
     Activation histograms (``hist_step``): ``hist_counts`` of shape
-    ``(histogram steps, activation layers, bins)`` with each row's ``[low, high]`` in
-    ``hist_range``.
+    ``(histogram steps, activation layers, bins)``, counted on the batch's first examples
+    (``monitor.HIST_SAMPLE`` values at most), with the range of the values counted,
+    ``[low, high]``, in ``hist_range``.
 
     A run that met a non-finite loss or gradient stops there: ``diverged_at`` is that step,
     ``diverged_reason`` says what was non-finite, and every array keeps the steps before it.
