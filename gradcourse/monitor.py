@@ -324,8 +324,8 @@ class LayerMonitor:
 
     def total_grad_norm(self) -> torch.Tensor:
         """The norm of all gradients :meth:`begin_step` copied, together, as ``(models,)``
-        (summed in float32, as ``clip_grad_norm_`` sums it): a loop that monitors every
-        parameter needs no second pass over the gradients for clipping."""
+        (summed in float32, as ``clip_grad_norm_`` sums it): a loop that watches every
+        parameter and does not clip reports this instead of summing the gradients again."""
         if not self._stepping:
             raise RuntimeError("call begin_step() after backward() first")
         return torch.linalg.vector_norm(self._buffer[0], dim=1)
