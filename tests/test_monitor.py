@@ -400,4 +400,3 @@ def test_total_grad_norm_is_the_norm_of_every_copied_gradient(digits):
     monitor.begin_step()
     expected = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()])
     assert monitor.total_grad_norm().tolist() == pytest.approx([float(expected)], rel=1e-6)
-
