@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import math
-import numbers
 from typing import Mapping
 
 import numpy as np
@@ -28,6 +27,7 @@ class _Pyplot:
 
 plt = _Pyplot()
 
+from . import _validate as check
 from .record import Run
 
 FRAME_DPI = 90  # explorer frames: 8 x 3 inches -> 720 x 270 px, about the book's column
@@ -96,12 +96,11 @@ def running_mean(values, window: int) -> np.ndarray:
     """Running mean of ``values`` over ``window`` consecutive entries (a noisy per-step
     series, such as the loss of each batch, made readable): ``len(values) - window + 1``
     values, the first at index ``window - 1``. ``window = 1`` returns the values."""
-    if isinstance(window, bool) or not isinstance(window, numbers.Integral) or window < 1:
-        raise ValueError(f"running_mean: window = {window!r} is not allowed; give a whole number >= 1")
+    check.integer("running_mean", "window", window, 1)
     window = int(window)
     values = np.asarray(values, dtype=float)
     if window > len(values):
-        raise ValueError(f"running_mean: window = {window} is longer than the {len(values)} values")
+        raise ValueError(f"running_mean.window = {window} is longer than the {len(values)} values")
     return np.convolve(values, np.ones(window) / window, mode="valid")
 
 

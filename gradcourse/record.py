@@ -1,7 +1,6 @@
 """The record of one training run: numbers only, small enough to keep thousands of steps."""
 from __future__ import annotations
 
-import numbers
 import os
 import pickle
 import threading
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import _validate as check
 from ._norms import accumulation_dtype
 from .monitor import HIST_BINS
 
@@ -112,8 +112,7 @@ class Run:
         ``step``: far below 1 when gradients vanish towards the input, far above when they explode.
         With ``step=None``, the ratio at every recorded step (an array along ``stat_step``)."""
         if step is None:
-            index = {name: i for i, name in enumerate(self.layer_names)}
-            return self.layer_grad_norm[:, index[first]] / self.layer_grad_norm[:, index[last]]
+            return self.layer_grad_norm[:, self.layer_index(first)] / self.layer_grad_norm[:, self.layer_index(last)]
         norms = self.grad_norm_at(step)
         return norms[first] / norms[last]
 
@@ -132,8 +131,7 @@ class Run:
         (all of them in a shorter run). One batch's loss is noisy; this is the number the
         chapters compare, e.g. with ln 10, the loss of a network that has learned nothing
         about 10 classes."""
-        if isinstance(last, bool) or not isinstance(last, numbers.Integral) or last < 1:
-            raise ValueError(f"end_loss: last = {last!r} is not allowed; give a whole number of steps >= 1")
+        check.integer("Run.end_loss", "last", last, 1)
         if self.steps_done == 0:
             raise ValueError("end_loss: the run recorded no step")
         return float(np.mean(self.loss[-int(last):]))

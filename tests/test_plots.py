@@ -160,7 +160,7 @@ def test_running_mean_averages_each_window_and_refuses_a_window_it_cannot_use():
     np.testing.assert_allclose(running_mean([1.0, 2.0, 3.0, 4.0], 2), [1.5, 2.5, 3.5])
     np.testing.assert_allclose(running_mean([1.0, 2.0], 1), [1.0, 2.0])
     np.testing.assert_allclose(running_mean(np.arange(4.0), np.int64(4)), [1.5])
-    with pytest.raises(ValueError, match="running_mean: window = 0 is not allowed"):
+    with pytest.raises(ValueError, match="running_mean.window = 0 is out of range; allowed: >= 1"):
         running_mean([1.0], 0)
-    with pytest.raises(ValueError, match="running_mean: window = 3 is longer than the 2 values"):
+    with pytest.raises(ValueError, match="running_mean.window = 3 is longer than the 2 values"):
         running_mean([1.0, 2.0], 3)

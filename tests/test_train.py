@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import pickle
+import re
 import subprocess
 import sys
 
@@ -484,6 +485,8 @@ def test_grad_norm_ratio_is_conv1_over_fc_at_the_recorded_step(digits):
     every_step = run.grad_norm_ratio(None)
     assert every_step.shape == run.stat_step.shape
     assert every_step.tolist() == [run.grad_norm_ratio(int(step)) for step in run.stat_step]
+    with pytest.raises(KeyError, match="layer 'conv9' is not in this run; layers: conv1, conv2, conv3, fc"):
+        run.grad_norm_ratio(None, first="conv9")
 
 
 _FAULTS = """
@@ -550,6 +553,7 @@ def test_end_loss_is_the_mean_training_loss_of_the_last_steps(digits):
     assert run.end_loss(5) == pytest.approx(run.loss[25:].mean())
     assert run.end_loss(100) == pytest.approx(run.loss.mean()), "a shorter run: all its steps"
     assert run.end_loss(np.int64(5)) == run.end_loss(5)
-    for last in (0, 2.5, True):
-        with pytest.raises(ValueError, match=f"end_loss: last = {last!r} is not allowed"):
+    for last, problem in ((0, "is out of range; allowed: >= 1"), (2.5, "must be an integer"),
+                          (True, "must be an integer")):
+        with pytest.raises(ValueError, match=re.escape(f"Run.end_loss.last = {last!r} {problem}")):
             run.end_loss(last)
