@@ -11,7 +11,7 @@ slot of the same size, zero-padded; then the norms of all layers of all rows are
 Norms are accumulated in float64: in float32 the gradient of a vanishing layer, around
 1e-25, would square to 0. Large rows (K models' worth) are summed in float32 first, which
 a CPU does much faster than converting them, and summed again in float64 only for a row
-with a layer whose sum leaves the range where float32 is exact (BENCHMARKS.md has the
+with a layer whose norm leaves the range where float32 is exact (BENCHMARKS.md has the
 figures).
 """
 from __future__ import annotations
@@ -20,10 +20,10 @@ from typing import Callable
 
 import torch
 
-# Squared norms summed in float32 are exact to rounding while every layer's sum lies in this
-# range: squares small enough to underflow then change a sum by less than 1e-5 of itself, and
+# Norms taken in float32 are exact to rounding while every layer's norm lies in this range:
+# squares small enough to underflow then change a sum by less than 1e-5 of itself, and
 # nothing overflows.
-FLOAT32_EXACT = (1e-28, 1e36)
+FLOAT32_EXACT = (1e-14, 1e18)
 _SMALL = 1 << 16  # entries up to which accumulating in float64 directly is the faster way
 _MEMBERSHIP_LIMIT = 4_000_000  # entries x layers up to which packed sums are one matrix product
 
@@ -34,22 +34,22 @@ def accumulation_dtype(device) -> torch.dtype:
     return torch.float32 if torch.device(device).type == "mps" else torch.float64
 
 
-def float64_where_needed(sums: torch.Tensor, resum: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """``sums``, a ``(rows, layers)`` tensor of sums of squares taken in float32, as float64,
-    with every row that has a sum outside :data:`FLOAT32_EXACT` (a vanishing layer, an
-    exploding one, or exactly zero) replaced by ``resum(outside)``: those rows summed again
-    in float64. On Apple's MPS, which has no float64, the sums stay float32."""
-    if accumulation_dtype(sums.device) != torch.float64:
-        return sums
+def float64_where_needed(norms: torch.Tensor, renorm: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``norms``, a ``(rows, layers)`` tensor of norms taken in float32, as float64, with
+    every row that has a norm outside :data:`FLOAT32_EXACT` (a vanishing layer, an exploding
+    one, or exactly zero) replaced by ``renorm(outside)``: those rows' norms taken again in
+    float64. On Apple's MPS, which has no float64, the norms stay float32."""
+    if accumulation_dtype(norms.device) != torch.float64:
+        return norms
     low, high = FLOAT32_EXACT
-    smallest, largest = torch.aminmax(sums)   # the common case, every sum in range, in one look
-    sums = sums.to(torch.float64)
+    smallest, largest = torch.aminmax(norms)   # the common case, every norm in range, in one look
+    norms = norms.to(torch.float64)
     if low <= float(smallest) and float(largest) <= high:
-        return sums
-    outside = ~((sums >= low) & (sums <= high)).all(1)
+        return norms
+    outside = ~((norms >= low) & (norms <= high)).all(1)
     if bool(outside.any()):
-        sums[outside] = resum(outside)
-    return sums
+        norms[outside] = renorm(outside)
+    return norms
 
 
 def model_blocks(t: torch.Tensor, k: int) -> torch.Tensor:
@@ -133,13 +133,13 @@ class LayerRows:
             slots = flat.view(len(flat), self.n_layers, self.slot)
             if flat.numel() <= _SMALL and accumulation_dtype(flat.device) == torch.float64:
                 return torch.linalg.vector_norm(slots, dim=2, dtype=torch.float64).view(*shape, self.n_layers)
-            sums = float64_where_needed(
-                torch.linalg.vector_norm(slots, dim=2).double().square_(),
-                lambda outside: torch.linalg.vector_norm(slots[outside], dim=2, dtype=torch.float64).square_())
+            norms = float64_where_needed(
+                torch.linalg.vector_norm(slots, dim=2),
+                lambda outside: torch.linalg.vector_norm(slots[outside], dim=2, dtype=torch.float64))
         else:
-            sums = float64_where_needed(self._layer_sums(flat * flat),
-                                        lambda outside: self._layer_sums(flat[outside].double().square_()))
-        return sums.sqrt_().view(*shape, self.n_layers)
+            norms = float64_where_needed(self._layer_sums(flat * flat).sqrt_(),
+                                         lambda outside: self._layer_sums(flat[outside].double().square_()).sqrt_())
+        return norms.view(*shape, self.n_layers)
 
     def _layer_sums(self, squares: torch.Tensor) -> torch.Tensor:
         """Per-layer sums of each packed row: one product with a 0/1 membership matrix when

@@ -12,6 +12,7 @@ step (for the divergence check) and not once per statistic.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 from dataclasses import dataclass, fields, replace
@@ -259,7 +260,7 @@ class Loop:
         config, device, monitor, models = self.configs[0], self.device, self.monitor, self.models
         k, steps = len(self.configs), self.configs[0].steps
         buffer = RunBuffer(self.configs, monitor.layer_names, monitor.activation_names, device, self.monitor_on)
-        alive = torch.ones(k, dtype=torch.bool, device=device)
+        alive, all_alive = torch.ones(k, dtype=torch.bool, device=device), True
         bar = _progress_bar(steps) if self.progress else None
         batches = batch_stream(self.data, config.batch_size, torch.Generator().manual_seed(config.seed))
         start = time.perf_counter()
@@ -280,14 +281,15 @@ class Loop:
                     if record:
                         models.begin_record()
                     before, after, fired = models.clip()
-                    buffer.add_step(step, losses, before, after, fired)
-                    if bool((alive & ~(torch.isfinite(losses) & torch.isfinite(before))).any()):
+                    buffer.add_step(losses, before, after, fired)
+                    if not self._finite(losses, before, None if all_alive else alive):
                         alive = self._diverge(buffer, step, losses, before, alive)
+                        all_alive = bool(alive.all())
                         if not bool(alive.any()):
                             break
-                    models.step(alive)
+                    models.step(None if all_alive else alive)
                     if record:
-                        buffer.add_layers(step, models.end_record())
+                        buffer.add_layers(models.end_record())
                     if record_act:
                         buffer.add_activations(step, monitor.activation_table(),
                                                (monitor.histograms, monitor.histogram_ranges) if hist else None)
@@ -311,6 +313,17 @@ class Loop:
                 bar.close()
         seconds = (time.perf_counter() - start) / k
         return [buffer.run(i, model_config, self.data.name, device, seconds) for i in range(k)]
+
+    @staticmethod
+    def _finite(losses, before, alive) -> bool:
+        """Whether every live model's loss and gradient norm are finite (``alive``: which
+        models are, ``None`` for all), in one look: their sum is finite only if each of them
+        is. (A sum of finite values that overflows only sends the loop to :meth:`_diverge`,
+        which tests each model.)"""
+        total = losses + before
+        if alive is not None:
+            total = torch.where(alive, total, 0.0)
+        return math.isfinite(float(total.sum()))
 
     @staticmethod
     def _diverge(buffer, step: int, losses, before, alive):
@@ -352,6 +365,7 @@ class OneModel:
         # clip_grad_norm_'s own sum, so a run clips exactly as PyTorch does.)
         watched = [id(p) for p in monitor.params]
         self.norm_from_monitor = config.clip == "none" and sorted(watched) == sorted(id(p) for p in self.params)
+        self.not_clipped: torch.Tensor | None = None   # made once, on the gradients' device
         self.recording = False
 
     def train(self, mode: bool) -> None:
@@ -381,12 +395,16 @@ class OneModel:
     def clip(self):
         if self.recording and self.norm_from_monitor:
             norm = self.monitor.total_grad_norm()
-            return norm, norm, torch.zeros(1, dtype=torch.bool, device=norm.device)
+            if self.not_clipped is None:
+                self.not_clipped = torch.zeros(1, dtype=torch.bool, device=norm.device)
+            return norm, norm, self.not_clipped
         before, after, fired = clip_gradients(self.params, self.config.clip, self.config.clip_threshold,
                                               self.agc_params)
         return before.view(1), after.view(1), fired.view(1)
 
     def step(self, alive) -> None:
+        """One optimizer step (``alive``, which models still train, concerns only
+        :class:`gradcourse.vectorized.WideModels`)."""
         self.optimizer.step()
         if self.config.max_weight_norm is not None:
             apply_max_norm(self.constrained, self.config.max_weight_norm)

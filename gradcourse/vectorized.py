@@ -230,21 +230,24 @@ class WideModels:
     SGD update of K models in one :class:`WideCNN`, one value per model.
 
     The update works on rows (:class:`gradcourse._norms.LayerRows`): row ``i`` holds model
-    ``i``'s gradients (then its momentum buffer, then its update) for every parameter, each
-    layer in its slot, so clipping and the momentum update are a few operations on the whole
-    row, the per-layer norms one reduction over rows it already has, and only the final
-    ``w -= update`` goes back to the parameters. A residual network's head normalization is
-    trained and clipped with the rest, in a slot after ``fc``'s; the records keep the named
-    layers only, as :class:`~gradcourse.monitor.LayerMonitor` does for :func:`train`."""
+    ``i``'s gradients (and its momentum buffer) for every parameter, each layer in its slot,
+    so clipping and the momentum update are a few operations on the whole row, the
+    per-layer norms one reduction over rows it already has, and ``w -= lr * buf`` goes back
+    to the parameters in one call. A residual network's head normalization is trained and
+    clipped with the rest, in a slot after ``fc``'s; the records keep the named layers only,
+    as :class:`~gradcourse.monitor.LayerMonitor` does for :func:`train`."""
 
     def __init__(self, wide: WideCNN, configs: list[TrainConfig]):
         self.wide, self.k, self.clip_mode = wide, wide.k, configs[0].clip
         device = next(wide.parameters()).device
-        self.lr = torch.tensor([c.lr for c in configs], device=device)
-        self.lr_values = self.lr.cpu().numpy()
+        self.lr = torch.tensor([c.lr for c in configs], device=device).view(self.k, 1)
+        self.lr_values = self.lr.view(-1).cpu().numpy()
+        self.step_lr = self.lr
         self.threshold = torch.tensor([c.clip_threshold for c in configs], device=device)
-        self.momentum = torch.tensor([c.momentum if c.optimizer == "momentum" else 0.0 for c in configs],
-                                     device=device)
+        momentum = [c.momentum if c.optimizer == "momentum" else 0.0 for c in configs]
+        self.momentum = torch.tensor(momentum, device=device).view(self.k, 1)
+        self.has_momentum = any(momentum)
+        self.not_clipped = torch.zeros(self.k, dtype=torch.bool, device=device)
         groups = [list(layer.parameters()) for layer in wide.layers().values()]
         self.named_layers = len(groups)
         if list(wide.head_norm.parameters()):
@@ -253,13 +256,12 @@ class WideModels:
         self.rows = LayerRows([p.numel() // self.k for p in self.params],
                               [index for index, group in enumerate(groups) for _ in group], len(groups), self.k)
         self.weights = [model_blocks(p.detach(), self.k) for p in self.params]   # (K, n) views, made once
-        first = self.params[0]
-        # The rows the records are read from: the gradients, the weights before the step and
-        # the update. The momentum buffers are rows too.
-        self.table = self.rows.new(3, first).zero_()
-        self.grads, self.recorded, self.updates = self.table[0], self.table[1:], self.table[2]
-        self.buffers = self.rows.new(1, first)[0].zero_()
-        self.update_parts = [self.updates[:, columns] for columns in self.rows.columns]
+        # The rows the records are read from: the gradients, the weights before the step and,
+        # with momentum, the buffers. The update is lr times the last of them.
+        self.table = self.rows.new(3 if self.has_momentum else 2, self.params[0]).zero_()
+        self.grads, self.before = self.table[0], self.table[1]
+        self.buffers = self.table[2] if self.has_momentum else self.grads   # the update is lr times this
+        self.buffer_parts = [self.buffers[:, columns] for columns in self.rows.columns]
         self.recording = False
         self.grad_norms: torch.Tensor | None = None
 
@@ -291,35 +293,42 @@ class WideModels:
     @torch.no_grad()
     def clip(self):
         grads = self.rows.fill([model_blocks(p.grad, self.k) for p in self.params], out=self.grads)
-        if self.recording and self.clip_mode != "none":   # the raw gradients' norms, before clipping
-            self.grad_norms = self.rows.norms(grads)
         before = torch.linalg.vector_norm(grads, dim=1)   # in float32, as clip_grad_norm_ sums it
+        if self.clip_mode == "none":
+            return before, before, self.not_clipped
+        if self.recording:   # the raw gradients' norms, before clipping
+            self.grad_norms = self.rows.norms(grads)
         fired = clip_rows_(grads, before, self.clip_mode, self.threshold)
-        after = before if self.clip_mode == "none" else torch.linalg.vector_norm(grads, dim=1)
-        return before, after, fired
+        return before, torch.linalg.vector_norm(grads, dim=1), fired
 
     @torch.no_grad()
     def step(self, alive) -> None:
+        """SGD's rule, ``buf = momentum * buf + grad; w -= lr * buf``, for all parameters at
+        once (``alive``: the models still training, ``None`` for all)."""
         lr = self.lr
-        if not bool(alive.all()):  # a diverged model's gradient may hold NaN; its learning rate is 0 now
+        if alive is not None:  # a diverged model's gradient may hold NaN; its learning rate is 0 now
             self.grads.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-            lr = torch.where(alive, lr, torch.zeros_like(lr))
+            lr = torch.where(alive.view(self.k, 1), lr, 0.0)
+        self.step_lr = lr
         if self.recording:
-            self.rows.fill(self.weights, out=self.recorded[0])
-        # SGD's rule, buf = momentum * buf + grad; w -= lr * buf, for all parameters at once
-        self.buffers.mul_(self.momentum.view(self.k, 1)).add_(self.grads)
-        torch.mul(self.buffers, lr.view(self.k, 1), out=self.updates)
-        torch._foreach_sub_(self.weights, self.update_parts)
+            self.rows.fill(self.weights, out=self.before)
+        if self.has_momentum:
+            torch.addcmul(self.grads, self.buffers, self.momentum, out=self.buffers)
+        torch._foreach_addcmul_(self.weights, self.buffer_parts, [lr] * len(self.weights), value=-1.0)
 
     def end_record(self) -> torch.Tensor:
         """``(3, K, named layers)``: norms of the gradient, the weights before the step and
         the update, as :meth:`gradcourse.LayerMonitor.end_step` gives them."""
         self.recording = False
-        if self.clip_mode == "none":   # the gradients are still the raw ones: one reduction for all
-            norms = self.rows.norms(self.table)
+        norms = self.rows.norms(self.table)[:, :, :self.named_layers]
+        update = None
+        if self.has_momentum:
+            norms[2].mul_(self.step_lr)   # the update is lr times the buffer...
         else:
-            norms = torch.cat([self.grad_norms.unsqueeze(0), self.rows.norms(self.recorded)])
-        return norms[:, :, :self.named_layers]
+            update = norms[0] * self.step_lr   # ... or times the (clipped) gradient
+        if self.clip_mode != "none":   # the raw gradients' norms, from before clipping
+            norms[0] = self.grad_norms[:, :self.named_layers]
+        return norms if update is None else torch.cat([norms, update.unsqueeze(0)])
 
     def schedule(self, val_loss) -> None:
         """(Constant learning rates only.)"""
