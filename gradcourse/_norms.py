@@ -36,9 +36,10 @@ def accumulation_dtype(device) -> torch.dtype:
 
 def float64_where_needed(norms: torch.Tensor, renorm: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """``norms``, a ``(rows, layers)`` tensor of norms taken in float32, as float64, with
-    every row that has a norm outside :data:`FLOAT32_EXACT` (a vanishing layer, an exploding
-    one, or exactly zero) replaced by ``renorm(outside)``: those rows' norms taken again in
-    float64. On Apple's MPS, which has no float64, the norms stay float32."""
+    every norm outside :data:`FLOAT32_EXACT` (a vanishing layer, an exploding one, or
+    exactly zero) replaced by ``renorm(outside)``: given those entries' flat indices, their
+    norms taken again in float64. On Apple's MPS, which has no float64, the norms stay
+    float32."""
     if accumulation_dtype(norms.device) != torch.float64:
         return norms
     low, high = FLOAT32_EXACT
@@ -46,9 +47,9 @@ def float64_where_needed(norms: torch.Tensor, renorm: Callable[[torch.Tensor], t
     norms = norms.to(torch.float64)
     if low <= float(smallest) and float(largest) <= high:
         return norms
-    outside = ~((norms >= low) & (norms <= high)).all(1)
-    if bool(outside.any()):
-        norms[outside] = renorm(outside)
+    flat = norms.view(-1)
+    outside = torch.nonzero(~((flat >= low) & (flat <= high))).view(-1)
+    flat[outside] = renorm(outside)
     return norms
 
 
@@ -135,11 +136,20 @@ class LayerRows:
                 return torch.linalg.vector_norm(slots, dim=2, dtype=torch.float64).view(*shape, self.n_layers)
             norms = float64_where_needed(
                 torch.linalg.vector_norm(slots, dim=2),
-                lambda outside: torch.linalg.vector_norm(slots[outside], dim=2, dtype=torch.float64))
+                lambda outside: torch.linalg.vector_norm(slots.reshape(-1, self.slot)[outside], dim=1,
+                                                         dtype=torch.float64))
         else:
-            norms = float64_where_needed(self._layer_sums(flat * flat).sqrt_(),
-                                         lambda outside: self._layer_sums(flat[outside].double().square_()).sqrt_())
+            norms = float64_where_needed(self._layer_sums(flat * flat).sqrt_(), self._float64_norms(flat))
         return norms.view(*shape, self.n_layers)
+
+    def _float64_norms(self, flat: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """For :func:`float64_where_needed`: the norms at flat indices of a packed
+        ``(rows, layers)`` result, each from its whole row summed again in float64."""
+        def renorm(outside: torch.Tensor) -> torch.Tensor:
+            rows = flat[outside // self.n_layers].double()
+            norms = self._layer_sums(rows.square_()).sqrt_()
+            return norms[torch.arange(len(outside), device=norms.device), outside % self.n_layers]
+        return renorm
 
     def _layer_sums(self, squares: torch.Tensor) -> torch.Tensor:
         """Per-layer sums of each packed row: one product with a 0/1 membership matrix when

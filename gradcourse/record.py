@@ -200,10 +200,16 @@ class RunBuffer:
         self.configs, self.monitored = train_configs, monitored
         self.layer_names, self.activation_names = list(layer_names), list(activation_names)
         self.record_every, self.activation_every = base.record_every, base.activation_every
-        self.per_step = _Series((4, k), torch.float32)  # loss, grad norm before, after, clipped
-        self.lr = np.zeros((base.steps, k))
-        self.layers = _Series((3, k, len(layer_names)), accumulation_dtype(device))
-        self.acts = _Series((k, len(activation_names), 4), torch.float32)
+        # Written in place, step by step: a run keeps no tensor of its own per step (small
+        # tensors kept alive between a step's large ones would fragment the memory that the
+        # next step's activations reuse).
+        steps = base.steps
+        n_rec = -(-steps // base.record_every)
+        n_act = -(-steps // base.activation_every)
+        self.per_step = torch.zeros(steps, 4, k, device=device)  # loss, grad norm before, after, clipped
+        self.lr = np.zeros((steps, k))
+        self.layers = torch.zeros(n_rec, 3, k, len(layer_names), device=device, dtype=accumulation_dtype(device))
+        self.acts = torch.zeros(n_act, k, len(activation_names), 4, device=device)
         self.hist_steps: list[int] = []
         self.hist_counts: list = []
         self.hist_ranges: list = []
@@ -212,19 +218,19 @@ class RunBuffer:
         self.reasons = [""] * k
         self.done = 0
 
-    def add_step(self, losses, before, after, fired) -> None:
+    def add_step(self, step: int, losses, before, after, fired) -> None:
         """The step's ``(k,)`` losses and total gradient norms before and after clipping,
         and whether clipping changed each model's gradient."""
-        self.per_step.append(losses, before, after, fired)
+        torch.stack([losses, before, after, fired], out=self.per_step[step])
 
-    def add_layers(self, norms) -> None:
+    def add_layers(self, step: int, norms) -> None:
         """Per-layer norms, ``(3, k, layers)`` (:attr:`LayerStats.norms`)."""
-        self.layers.append(norms)
+        self.layers[step // self.record_every] = norms
 
     def add_activations(self, step: int, table, histograms=None) -> None:
         """Activation statistics ``(k, modules, 4)``; with one model, optionally the
         ``(counts, ranges)`` of its activation histograms."""
-        self.acts.append(table)
+        self.acts[step // self.activation_every] = table
         if histograms is not None:
             self.hist_steps.append(step)
             self.hist_counts.append(histograms[0].clone())
@@ -241,10 +247,9 @@ class RunBuffer:
         stop = self.diverged_at[index] if self.diverged_at[index] is not None else self.done
         rows = -(-stop // self.record_every) if self.monitored else 0
         act_rows = -(-stop // self.activation_every) if self.monitored else 0
-        # Copies: each model's Run owns its arrays.
-        steps = self.per_step.array()[:stop, :, index].copy()
-        layers = self.layers.array()[:rows, :, index].copy()
-        acts = self.acts.array()[:act_rows, index].copy()
+        steps = self.per_step[:stop, :, index].cpu().numpy().astype(np.float64)
+        layers = self.layers[:rows, :, index].cpu().numpy().astype(np.float64)
+        acts = self.acts[:act_rows, index].cpu().numpy().astype(np.float64)
         evals = [e for e in self.evals if e[0] <= stop]
         n_act = len(self.activation_names)
         return Run(
@@ -266,39 +271,3 @@ class RunBuffer:
                         else np.zeros((0, n_act, 2))),
             diverged_at=self.diverged_at[index], diverged_reason=self.reasons[index], seconds=seconds,
         )
-
-
-class _Series:
-    """One entry per step (or per recorded step), each a tensor of ``shape`` or several
-    ``(k,)`` tensors side by side, kept on the training device: appending costs no kernel
-    call, entries are stacked in chunks of :attr:`CHUNK` (so a long run holds a few large
-    tensors, not one small one per step), and :meth:`array` gives them all as one float64
-    NumPy array."""
-
-    CHUNK = 256
-
-    def __init__(self, shape: tuple, dtype: torch.dtype):
-        self.shape, self.dtype = shape, dtype
-        self._chunks: list[torch.Tensor] = []
-        self._pending: list[tuple] = []
-        self._array: np.ndarray | None = None
-
-    def append(self, *parts: torch.Tensor) -> None:
-        self._pending.append(parts)
-        self._array = None
-        if len(self._pending) == self.CHUNK:
-            self._stack()
-
-    def _stack(self) -> None:
-        if self._pending:
-            columns = [torch.stack(column).to(self.dtype) for column in zip(*self._pending)]
-            self._chunks.append(columns[0] if len(columns) == 1 else torch.stack(columns, dim=1))
-            self._pending = []
-
-    def array(self) -> np.ndarray:
-        """Everything appended so far, ``(entries, *shape)``."""
-        if self._array is None:
-            self._stack()
-            self._array = (torch.cat(self._chunks).cpu().numpy().astype(np.float64) if self._chunks
-                           else np.zeros((0, *self.shape)))
-        return self._array

@@ -281,7 +281,7 @@ class Loop:
                     if record:
                         models.begin_record()
                     before, after, fired = models.clip()
-                    buffer.add_step(losses, before, after, fired)
+                    buffer.add_step(step, losses, before, after, fired)
                     if not self._finite(losses, before, None if all_alive else alive):
                         alive = self._diverge(buffer, step, losses, before, alive)
                         all_alive = bool(alive.all())
@@ -289,7 +289,7 @@ class Loop:
                             break
                     models.step(None if all_alive else alive)
                     if record:
-                        buffer.add_layers(models.end_record())
+                        buffer.add_layers(step, models.end_record())
                     if record_act:
                         buffer.add_activations(step, monitor.activation_table(),
                                                (monitor.histograms, monitor.histogram_ranges) if hist else None)

@@ -348,6 +348,16 @@ def test_one_rows_fallback_to_float64_does_not_change_the_other_rows(hidden):
     assert torch.equal(with_tiny_row[0], alone)
     assert (with_tiny_row[1] / with_tiny_row[0]).flatten().tolist() == pytest.approx([1e-25, 1e-25], rel=1e-6)
     assert torch.allclose(rows.norms(big)[0], alone, rtol=1e-6)
+    # In the float32 path too: a row of a vanishing layer and a layer that is exactly
+    # zero are summed again in float64, and nothing else changes.
+    odd = big.clone()
+    odd[7, 0] *= 1e-25
+    odd[9, 0, :72] = 0.0
+    norms, plain = rows.norms(odd), rows.norms(big)
+    assert (norms[7, 0] / alone[0]).tolist() == pytest.approx([1e-25, 1e-25], rel=1e-6)
+    assert norms[9, 0, 0] == 0.0 and norms[9, 0, 1] == plain[9, 0, 1]
+    others = [i for i in range(500) if i not in (7, 9)]
+    assert torch.equal(norms[others], plain[others])
     expected = torch.stack([torch.cat(packed[:1]).norm(), packed[1].norm()]).double()
     assert torch.allclose(alone.flatten(), expected, rtol=1e-6)
 

@@ -477,24 +477,6 @@ def test_on_progress_receives_growing_partial_records(digits):
         assert p.layer_grad_norm.shape == (p.steps_done, 4)
 
 
-def test_step_series_keeps_every_entry_in_order_across_chunks_and_partial_reads():
-    from gradcourse.record import _Series
-
-    series = _Series((4, 3), torch.float32)
-    assert series.array().shape == (0, 4, 3)
-    steps = 2 * _Series.CHUNK + 88
-    for i in range(steps):
-        value = torch.full((3,), float(i))
-        series.append(value, 2 * value, 3 * value, torch.tensor([i % 2 == 0] * 3))
-        if i in (100, _Series.CHUNK, steps - 2):
-            assert series.array().shape == (i + 1, 4, 3)
-    table = series.array()
-    assert table.dtype == np.float64 and table.shape == (steps, 4, 3)
-    assert np.array_equal(table[:, 0, 2], np.arange(steps))
-    assert np.array_equal(table[:, 2, 1], 3 * np.arange(steps))
-    assert np.array_equal(table[:, 3, 0], np.arange(steps) % 2 == 0)
-
-
 def test_grad_norm_ratio_is_conv1_over_fc_at_the_recorded_step(digits):
     run = gc.train(gc.CNNConfig(depth=3, width=4), gc.TrainConfig(steps=5), digits)
     norms = run.grad_norm_at(3)
