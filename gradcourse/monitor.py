@@ -219,8 +219,7 @@ class LayerMonitor:
         # channels; and the number of units and of channels per model.
         n_act = len(self.activations)
         self._modules = list(self.activations.values())
-        self._dtype = accumulation_dtype(device)
-        self._raw = torch.zeros(n_act, models, 5, device=device, dtype=self._dtype)
+        self._raw = torch.zeros(n_act, models, 5, device=device, dtype=accumulation_dtype(device))
         self._sizes = [(1, 1)] * n_act
         self.histograms = torch.zeros(n_act, HIST_BINS, device=device)
         self.histogram_ranges = torch.zeros(n_act, 2, device=device)
@@ -270,7 +269,7 @@ class LayerMonitor:
         with torch.inference_mode():
             y = output.detach()
             y = y if y.ndim >= 2 else y.reshape(-1, 1)
-            self._raw[index] = _activation_sums(y, self._modules[index], self.models, self._dtype)
+            self._raw[index] = _activation_sums(y, self._modules[index], self.models)
             self._sizes[index] = (y.numel() // self.models, y.shape[1] // self.models)
             if self.collect_histograms and self.models == 1:
                 self._histogram(index, y)
@@ -280,13 +279,13 @@ class LayerMonitor:
         # figure shows fractions, which a sample of whole examples gives as well as the
         # batch does, at a fraction of the cost of counting every value. The range is
         # fitted to the values counted (not fixed, e.g. for ReLU), so a sigmoid layer stuck
-        # near 0.5 is still resolved.
+        # near 0.5 is still resolved; torch.histc takes it as two numbers.
         per_example = max(1, y.numel() // max(1, len(y)))
-        sample = y[:max(1, HIST_SAMPLE // per_example)]
-        lo, hi = torch.aminmax(sample)
-        hi = torch.maximum(hi, lo + 1e-6)
-        self.histograms[index] = _histogram(sample, lo, hi)
-        self.histogram_ranges[index] = torch.stack([lo, hi])
+        sample = y[:max(1, HIST_SAMPLE // per_example)].float()
+        lo, hi = (float(bound) for bound in torch.aminmax(sample))
+        hi = max(hi, lo + 1e-6)
+        self.histograms[index] = torch.histc(sample, HIST_BINS, lo, hi)
+        self.histogram_ranges[index, 0], self.histogram_ranges[index, 1] = lo, hi
 
     @property
     def activation_stats(self) -> torch.Tensor:
@@ -357,7 +356,7 @@ class LayerMonitor:
         return self._weight_views
 
 
-def _activation_sums(y: torch.Tensor, module: nn.Module, k: int, dtype: torch.dtype) -> torch.Tensor:
+def _activation_sums(y: torch.Tensor, module: nn.Module, k: int) -> torch.Tensor:
     """``(k, 5)`` sums over one activation module's output ``y`` (batch, channels, ...), per
     model when the channels hold ``k`` models side by side: the shift (the model's first
     value), the sum and the sum of squares of ``y - shift``, the units in the flat region,
@@ -365,7 +364,7 @@ def _activation_sums(y: torch.Tensor, module: nn.Module, k: int, dtype: torch.dt
     the variance of a layer stuck near 0.5 with a tiny spread from cancelling away in
     float32."""
     if k > 1:
-        return _wide_activation_sums(y, module, k, dtype)
+        return _wide_activation_sums(y, module, k)
     units = y.reshape(-1)  # whole-tensor sums: one contiguous pass each
     shift = units[0]
     centred = units - shift
@@ -374,10 +373,10 @@ def _activation_sums(y: torch.Tensor, module: nn.Module, k: int, dtype: torch.dt
     # Only sigmoid and tanh are flat at both ends; the other tests read the maximum alone.
     low = y.amin(per_channel) if type(module) in _BAND else None
     dead = flat_tests(module)[1](low, y.amax(per_channel)).sum(dtype=y.dtype)
-    return torch.stack([shift, centred.sum(), centred @ centred, flat, dead]).to(dtype).view(1, 5)
+    return torch.stack([shift, centred.sum(), centred @ centred, flat, dead]).view(1, 5)
 
 
-def _wide_activation_sums(y: torch.Tensor, module: nn.Module, k: int, dtype: torch.dtype) -> torch.Tensor:
+def _wide_activation_sums(y: torch.Tensor, module: nn.Module, k: int) -> torch.Tensor:
     """:func:`_activation_sums` for K models side by side in a channels-last output, which
     viewed as (units, channels) needs no copy. Each statistic is summed per channel by one
     matrix product with a row of ones (on a CPU much faster than ``sum(0)`` over the rows),
@@ -396,7 +395,7 @@ def _wide_activation_sums(y: torch.Tensor, module: nn.Module, k: int, dtype: tor
     centred = units - shift.repeat_interleave(per_model)
     sums = torch.stack([(ones @ centred)[0], (ones @ centred.square_())[0], flat])
     dead = torch.count_nonzero(dead.view(k, per_model), dim=1).to(y.dtype)
-    return torch.cat([shift.view(1, k), sums.view(3, k, per_model).sum(2), dead.view(1, k)]).T.to(dtype)
+    return torch.cat([shift.view(1, k), sums.view(3, k, per_model).sum(2), dead.view(1, k)]).T
 
 
 # Sigmoid and tanh are flat outside a band around their centre: (centre, half-width).
@@ -416,14 +415,6 @@ def _count_flat(units: torch.Tensor, module: nn.Module, ones: torch.Tensor | Non
         return total((units - centre).abs_().sub_(half).clamp_(min=0).sign_())
     flat_region, _ = flat_tests(module)
     return total(flat_region(units).to(units.dtype))
-
-
-def _histogram(y: torch.Tensor, lo, hi) -> torch.Tensor:
-    """Counts of ``y`` in ``HIST_BINS`` equal bins over ``[lo, hi]`` (values outside go to the
-    end bins), the same counts as ``torch.histc`` on the clamped values at half its cost on a
-    CPU: one scaled copy and a ``bincount``."""
-    index = (y.detach().float() - lo).mul_(HIST_BINS).div_(hi - lo).clamp_(0, HIST_BINS - 1)
-    return torch.bincount(index.to(torch.int64).view(-1), minlength=HIST_BINS).to(torch.float32)
 
 
 def jacobian_singular_values(model: nn.Module, image: torch.Tensor):
@@ -450,4 +441,3 @@ def jacobian_singular_values(model: nn.Module, image: torch.Tensor):
     finally:
         model.train(was_training)
     return values.cpu().numpy()
-
