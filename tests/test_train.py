@@ -477,6 +477,22 @@ def test_on_progress_receives_growing_partial_records(digits):
         assert p.layer_grad_norm.shape == (p.steps_done, 4)
 
 
+def test_divergence_check_is_one_sum_and_an_overflow_only_sends_it_to_the_exact_test():
+    from gradcourse.record import RunBuffer
+    from gradcourse.train import Loop
+
+    nan, big = float("nan"), 3e38
+    alive = torch.tensor([True, True, False])
+    assert Loop._finite(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.5, 0.5, 0.5]), None)
+    assert not Loop._finite(torch.tensor([1.0, nan, 3.0]), torch.ones(3), None)
+    assert Loop._finite(torch.tensor([1.0, 2.0, nan]), torch.ones(3), alive)   # a dead model is ignored
+    finite_but_large = torch.tensor([big, big, 1.0])
+    assert not Loop._finite(finite_but_large, torch.ones(3), alive)   # the sum overflows...
+    buffer = RunBuffer([gc.TrainConfig(steps=2)] * 3, ["conv1"], ["conv1"], "cpu", True)
+    still = Loop._diverge(buffer, 0, finite_but_large, torch.ones(3), alive)
+    assert still.tolist() == alive.tolist() and buffer.diverged_at == [None] * 3   # ...no model died
+
+
 def test_grad_norm_ratio_is_conv1_over_fc_at_the_recorded_step(digits):
     run = gc.train(gc.CNNConfig(depth=3, width=4), gc.TrainConfig(steps=5), digits)
     norms = run.grad_norm_at(3)
