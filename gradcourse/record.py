@@ -190,8 +190,8 @@ def seed_range(values, fmt: str = ".2g") -> str:
 
 class RunBuffer:
     """What a training loop measures while ``k`` models train side by side (``k = 1`` for
-    :func:`gradcourse.train`), kept on the training device until the run ends (a GPU run
-    then synchronizes once per step, for the divergence check, not once per statistic).
+    :func:`gradcourse.train`), kept on the training device until the run ends, so that
+    recording a statistic never waits for a GPU (:mod:`gradcourse.train` says when a run does).
     :meth:`run` turns model ``i``'s share into its :class:`~gradcourse.record.Run`."""
 
     def __init__(self, train_configs: list, layer_names: list[str], activation_names: list[str], device,

@@ -7,7 +7,9 @@ between one model and K models side by side is in :class:`OneModel` (plain ``tor
 and :func:`~gradcourse.clipping.clip_gradients`) and in
 :class:`gradcourse.vectorized.WideModels`. Statistics stay on the training device until
 the run ends (:class:`~gradcourse.record.RunBuffer`), so a GPU run synchronizes once per
-step (for the divergence check) and not once per statistic.
+step for the divergence check, and otherwise only where a number must reach Python (a
+histogram's range, which ``torch.histc`` takes as numbers; the float32 range check of K
+models' norms), not once per statistic.
 """
 from __future__ import annotations
 
